@@ -1,0 +1,65 @@
+"""The fedsim ClientApp: one Flower ClientApp that runs every registered client half.
+
+Everything a client needs comes in the message (model, round, seed, the
+scenario's data/model/algorithm spec); its partition comes from the node's
+`node_config` (`partition-id`), so it behaves the same in-process, on Flower's
+Simulation Engine and on a SuperNode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.algorithms import CLIENT_HALVES
+from fedsim.codecs import CODECS
+from fedsim.seeding import torch_generator
+
+from .training import ClientJob, RoundSpec, objective_for
+
+app = ClientApp()
+
+
+def partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server which data partition this node holds."""
+    info = ConfigRecord({k: v for k, v in context.node_config.items() if isinstance(v, int | str)})
+    return Message(RecordDict({"node": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run the round's client half on this node's partition and reply with its payload."""
+    config = msg.content["config"]
+    spec_text = str(config["spec"])
+    spec = RoundSpec.parse(spec_text)
+    pid, rnd = partition_id(context), int(config["server-round"])
+    objective = objective_for(spec_text, pid)
+    received = CODECS.get("fp32").decode(msg.content["arrays"])
+    job = ClientJob(
+        round=rnd,
+        spec=spec,
+        objective=objective,
+        x=torch.from_numpy(np.array(received, dtype=np.float32)).to(spec.device),
+        rng=torch_generator(spec.seed, rnd, pid),
+        state=context.state,
+        config=config,
+    )
+    update = CLIENT_HALVES.get(spec.params.name)(job)
+    metrics = MetricRecord(
+        {
+            "num-examples": objective.n,
+            "partition-id": pid,
+            "train_loss": update.train_loss,
+            "grad_evals": update.grad_evals,
+            "work": update.work,
+            **(update.extra or {}),
+        }
+    )
+    return Message(RecordDict({"arrays": update.payload, "metrics": metrics}), reply_to=msg)

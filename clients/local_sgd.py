@@ -1,0 +1,33 @@
+"""Local SGD / FedAvg, client half: H plain SGD steps from x, send delta = x - x_H."""
+
+from __future__ import annotations
+
+from fedsim.algorithms import CLIENT_HALVES
+from fedsim.codecs import CODECS
+
+from .training import ClientJob, ClientUpdate, minibatches, steps_for
+
+
+def sgd_steps(job: ClientJob) -> tuple[float, int, int]:
+    """Run the round's local SGD steps on job.x in place; return (mean loss, steps, examples)."""
+    f, p = job.objective, job.params
+    f.bind(job.x)
+    steps = steps_for(p, f.n)
+    total, work = 0.0, 0
+    for idx in minibatches(f.n, p.batch_size, steps, job.rng, job.x.device):
+        loss, g = f.loss_grad(idx)
+        job.x.add_(g, alpha=-p.client_lr)
+        total += loss
+        work += f.n if idx is None else len(idx)
+    return total / max(steps, 1), steps, work
+
+
+def local_sgd(job: ClientJob) -> ClientUpdate:
+    x0 = job.x.clone()
+    loss, steps, work = sgd_steps(job)
+    delta = (x0 - job.x).cpu().numpy()
+    return ClientUpdate(CODECS.get("fp32").encode(delta), loss, steps, work)
+
+
+CLIENT_HALVES.register("fedavg", local_sgd, "FedAvg: local SGD epochs, weighted average")
+CLIENT_HALVES.register("local_sgd", local_sgd, "Local SGD: H local steps, server step size")

@@ -1,0 +1,142 @@
+"""What every client half needs: its local objective as a gradient oracle over a flat vector."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from types import SimpleNamespace
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from torch import nn
+
+from fedsim.data import DataConfig, client_data, load_dataset
+from fedsim.models import ModelConfig, bind, build_model, loss_fn
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """The part of the scenario a client needs, as sent in every round's config."""
+
+    seed: int
+    device: str
+    data: DataConfig
+    model: ModelConfig
+    params: SimpleNamespace  # the algorithm's hyperparameters
+
+    @staticmethod
+    @lru_cache(maxsize=8)
+    def parse(text: str) -> RoundSpec:
+        d = json.loads(text)
+        return RoundSpec(
+            seed=d["seed"],
+            device=d["device"],
+            data=DataConfig.model_validate(d["data"]),
+            model=ModelConfig.model_validate(d["model"]),
+            params=SimpleNamespace(**d["algorithm"]),
+        )
+
+
+class LocalObjective:
+    """f_i(x) = mean loss over the client's examples + (l2/2)||x||^2, gradients as flat vectors."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float, classes: int):
+        self.model, self.inputs, self.targets, self.l2 = model, x, y, l2
+        self.loss = loss_fn(classes)
+        self.n = len(y)
+
+    def bind(self, x: torch.Tensor) -> None:
+        """Evaluate at `x` from now on; in-place updates of `x` move the model."""
+        self.x = x
+        self.params = bind(self.model, x)
+
+    def loss_grad(self, idx: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Loss and flat gradient on the examples `idx` (all examples if None)."""
+        xb = self.inputs if idx is None else self.inputs[idx]
+        yb = self.targets if idx is None else self.targets[idx]
+        loss = self.loss(self.model(xb), yb)
+        grads = torch.autograd.grad(loss, self.params)
+        g = torch.cat([gr.reshape(-1) for gr in grads])
+        value = float(loss.detach())
+        if self.l2:
+            g.add_(self.x, alpha=self.l2)
+            value += 0.5 * self.l2 * float(self.x.dot(self.x))
+        return value, g
+
+
+def steps_for(params: SimpleNamespace, n: int) -> int:
+    """Local steps in a round: `local_steps`, or `local_epochs` passes over n examples."""
+    if getattr(params, "local_steps", 0):
+        return params.local_steps
+    batch = params.batch_size or n
+    return params.local_epochs * math.ceil(n / batch)
+
+
+def minibatches(
+    n: int, batch_size: int, steps: int, gen: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor | None]:
+    """`steps` index batches from consecutive shuffled epochs (None = full batch)."""
+    if batch_size == 0 or batch_size >= n:
+        for _ in range(steps):
+            yield None
+        return
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield perm[pos : pos + batch_size].to(device)
+        pos += batch_size
+
+
+@lru_cache(maxsize=4)
+def _model(model_json: str, in_features: int, classes: int, device: str) -> nn.Module:
+    """One model object per process and architecture: clients run one after another."""
+    cfg = ModelConfig.model_validate_json(model_json)
+    return build_model(cfg, in_features, classes, seed=0).to(device)
+
+
+@lru_cache(maxsize=1024)
+def _objective(spec_text: str, partition_id: int) -> LocalObjective:
+    spec = RoundSpec.parse(spec_text)
+    ds = load_dataset(spec.data, spec.seed)
+    x, y, l2 = client_data(spec.data, spec.seed, partition_id)
+    model = _model(spec.model.model_dump_json(), ds.x_train.shape[1], ds.num_classes, spec.device)
+    tx = torch.as_tensor(x, device=spec.device)
+    ty = torch.as_tensor(y, device=spec.device)
+    return LocalObjective(model, tx, ty, float(l2), ds.num_classes)
+
+
+@dataclass
+class ClientJob:
+    """Everything one client half gets for one round."""
+
+    round: int
+    spec: RoundSpec
+    objective: LocalObjective
+    x: torch.Tensor  # the received model, a writable flat vector on the device
+    rng: torch.Generator  # derived from (seed, round, partition id)
+    state: RecordDict  # Context.state: persists across rounds on this node
+    config: ConfigRecord  # the round's config as sent by the server
+
+    @property
+    def params(self) -> SimpleNamespace:
+        return self.spec.params
+
+
+@dataclass
+class ClientUpdate:
+    """What a client half returns: the payload to send and its metrics."""
+
+    payload: ArrayRecord
+    train_loss: float
+    grad_evals: int  # gradient evaluations (one per local step)
+    work: int  # training examples processed, for the simulated clock
+    extra: dict[str, float] | None = None
+
+
+def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
+    """The cached local objective of a partition (data and model loaded once per process)."""
+    return _objective(spec_text, partition_id)

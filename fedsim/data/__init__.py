@@ -1,0 +1,24 @@
+"""Datasets, their registry, the `[data]` config, and client partitioning.
+
+Importing this package registers the built-in datasets: digits, logreg, synthetic, libsvm.
+"""
+
+from fedsim.data import digits, libsvm, logreg, synthetic  # noqa: F401  (registers them)
+from fedsim.data.base import DATASETS, Dataset, DatasetSpec
+from fedsim.data.config import DataConfig
+from fedsim.data.libsvm import read_libsvm
+from fedsim.data.loader import client_data, load_dataset, partition_indices
+from fedsim.data.logreg import logreg_loss_grad, logreg_optimum
+
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "Dataset",
+    "DatasetSpec",
+    "client_data",
+    "load_dataset",
+    "logreg_loss_grad",
+    "logreg_optimum",
+    "partition_indices",
+    "read_libsvm",
+]

@@ -1,0 +1,49 @@
+"""Core data types: a loaded dataset, a registered dataset's spec, and the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from fedsim.registry import Registry
+
+if TYPE_CHECKING:
+    from fedsim.data.config import DataConfig
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Flat float32 features and int64 labels, with a held-out split for server evaluation."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int  # 2 means a binary task: labels in {0, 1}, one logit, BCE-with-logits
+    client_splits: list[np.ndarray] | None = None  # natural split: train indices per client
+    client_l2: np.ndarray | None = None  # natural split: l2 coefficient per client (None: 0)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build one dataset: its options model, its loader, and whether it is pre-split.
+
+    `load(options, cfg, seed)` gets the validated options model, the whole `DataConfig`
+    (for `num_clients` and `test_fraction`) and the scenario seed; it must be deterministic.
+    """
+
+    options: type[BaseModel]
+    load: Callable[[Any, DataConfig, int], Dataset]
+    natural: bool
+
+
+class NoOptions(BaseModel, extra="forbid"):
+    """Options model of a dataset that takes none."""
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")

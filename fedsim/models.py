@@ -1,0 +1,132 @@
+"""Small model zoo and the flat-vector view every algorithm works on.
+
+Models are parameter-only (no buffers), so a model is exactly one float32
+vector of d numbers: that vector is what travels and what the methods update.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from fedsim.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+class ModelConfig(BaseModel):
+    """The `[model]` table of a scenario."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    bias: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"{v!r} is not one of {MODELS.names()}")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError(f"{v} must hold positive layer widths")
+        return v
+
+
+def output_dim(num_classes: int) -> int:
+    """Binary tasks use one logit (BCE-with-logits), multiclass one logit per class."""
+    return 1 if num_classes == 2 else num_classes
+
+
+@MODELS("logreg", "linear model: logistic / softmax regression")
+def logreg(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    return nn.Linear(in_features, output_dim(num_classes), bias=cfg.bias)
+
+
+@MODELS("mlp", "multilayer perceptron with ReLU (widths from `hidden`)")
+def mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in cfg.hidden:
+        layers += [nn.Linear(width, h, bias=cfg.bias), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, output_dim(num_classes), bias=cfg.bias))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolutions and a linear head for square one-channel images (8x8 digits)."""
+
+    def __init__(self, side: int, num_classes: int, bias: bool) -> None:
+        super().__init__()
+        self.side = side
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=bias),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, bias=bias),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(32 * (side // 2) ** 2, output_dim(num_classes), bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, 1, self.side, self.side)))
+
+
+@MODELS("cnn", "small CNN for square one-channel images such as 8x8 digits")
+def cnn(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    side = math.isqrt(in_features)
+    if side * side != in_features:
+        raise ValueError(f"model.name: 'cnn' needs square images, got {in_features} features")
+    return SmallCNN(side, num_classes, cfg.bias)
+
+
+def build_model(cfg: ModelConfig, in_features: int, num_classes: int, seed: int) -> nn.Module:
+    """The model with parameters initialised from `seed` (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MODELS.get(cfg.name)(cfg, in_features, num_classes)
+    if any(True for _ in model.buffers()):
+        raise ValueError(f"model {cfg.name!r} has buffers; fedsim models must be parameter-only")
+    return model
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """A fresh flat copy of the model's parameters."""
+    return nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+
+
+def bind(model: nn.Module, x: torch.Tensor) -> list[nn.Parameter]:
+    """Make the model's parameters views into the flat vector `x` (updates to x move the model)."""
+    params = list(model.parameters())
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = x[offset : offset + n].view_as(p)
+        offset += n
+    if offset != x.numel():
+        raise ValueError(f"vector has {x.numel()} entries, model has {offset} parameters")
+    return params
+
+
+def loss_fn(num_classes: int):
+    """Mean loss matching `output_dim`: BCE-with-logits for binary, cross-entropy otherwise."""
+    if num_classes == 2:
+        return lambda out, y: nn.functional.binary_cross_entropy_with_logits(
+            out.squeeze(-1), y.to(out.dtype)
+        )
+    return nn.functional.cross_entropy
+
+
+def predict(out: torch.Tensor) -> torch.Tensor:
+    """Class predictions from logits (one logit means binary)."""
+    return (out.squeeze(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(-1)

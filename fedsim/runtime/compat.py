@@ -1,0 +1,49 @@
+"""The Flower internals fedsim touches, in one place (tests/test_flower_compat.py guards them).
+
+- `TaskIdentity`: process-wide identity that `Message(...)` reads for run_id and
+  src_node_id; Flower's own runtimes set it before running a ServerApp.
+- `_run_simulation`: the Simulation Engine entry that accepts the ServerApp's
+  Context, so the ServerApp gets its run_config as under `flwr run`.
+Supported Flower range: pyproject.toml pins flwr>=1.41,<1.42.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+
+def set_server_identity(run_id: int) -> None:
+    """Make messages created in this process come from the server of `run_id`."""
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+
+def assign_message_id(msg: Message) -> str:
+    """Give a message the unique id the SuperLink would (replies point back to it)."""
+    msg_id = uuid.uuid4().hex
+    msg.metadata.__dict__["_message_id"] = msg_id
+    return msg_id
+
+
+def run_simulation(
+    server_app: Any, client_app: Any, num_supernodes: int, backend_config: dict, context: Context
+) -> Context:
+    """Run on Flower's Simulation Engine (Ray) with the given ServerApp context."""
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    result = _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_config=backend_config,
+        server_app_context=context,
+    )
+    return result.context

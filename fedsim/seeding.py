@@ -1,0 +1,16 @@
+"""Deterministic seeds derived from keys such as (scenario seed, round, partition id)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key and on their order."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def torch_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from `keys` (CPU so results do not depend on the device)."""
+    return torch.Generator().manual_seed(derive_seed(*keys))

@@ -1,0 +1,32 @@
+"""The fedsim ServerApp: reads the scenario from the run config and runs it.
+
+`run_config` carries `scenario-json` (the resolved scenario, set by `fedsim run`)
+or `scenario` (a TOML path, e.g. from pyproject's [tool.flwr.app.config] under
+`flwr run`), and `out-dir`, the run directory to write.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.config import Scenario, load_scenario, parse_scenario_json
+
+from .experiment import run_experiment
+
+app = ServerApp()
+
+
+def scenario_from_run_config(run_config: dict) -> Scenario:
+    if "scenario-json" in run_config:
+        return parse_scenario_json(str(run_config["scenario-json"]))
+    return load_scenario(str(run_config["scenario"]))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    scenario = scenario_from_run_config(context.run_config)
+    run_experiment(grid, scenario, str(context.run_config.get("out-dir", "runs/flwr")))

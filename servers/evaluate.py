@@ -1,0 +1,50 @@
+"""Server-side evaluation of the global model on the held-out split (and distance to x*)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedsim.config import Scenario
+from fedsim.data import Dataset, load_dataset
+from fedsim.data.logreg import logreg_optimum
+from fedsim.models import bind, build_model, loss_fn, predict
+
+
+def known_optimum(scenario: Scenario, ds: Dataset) -> np.ndarray | None:
+    """x* for the generated convex problems (bias-free logistic regression), else None."""
+    m = scenario.model
+    if scenario.data.dataset == "logreg" and m.name == "logreg" and not m.bias:
+        return logreg_optimum(ds).astype(np.float64)
+    return None
+
+
+class Evaluator:
+    """Loss and accuracy of a flat parameter vector on the test split."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        ds = load_dataset(scenario.data, scenario.seed)
+        dev = torch.device(scenario.device)
+        self.model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, scenario.seed)
+        self.model.to(dev)
+        self.x0 = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().cpu()
+        self.inputs = torch.as_tensor(ds.x_test, device=dev)
+        self.targets = torch.as_tensor(ds.y_test, device=dev)
+        self.loss = loss_fn(ds.num_classes)
+        self.device = dev
+        self.optimum = known_optimum(scenario, ds)
+
+    def initial_params(self) -> np.ndarray:
+        return self.x0.numpy().copy()
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> dict[str, float]:
+        bind(self.model, torch.as_tensor(np.array(x, dtype=np.float32), device=self.device))
+        out = self.model(self.inputs)
+        metrics = {
+            "eval_loss": float(self.loss(out, self.targets)),
+            "eval_accuracy": float((predict(out) == self.targets).float().mean()),
+        }
+        if self.optimum is not None:
+            metrics["dist_to_opt"] = float(np.sum((x.astype(np.float64) - self.optimum) ** 2))
+        return metrics

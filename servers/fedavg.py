@@ -1,0 +1,140 @@
+"""FedAvg / Local SGD, server half (ALGORITHMS.md section 1).
+
+x <- x - eta_s * sum_i w_i delta_i / sum_i w_i, with w_i the client's example
+count; a running weighted sum over replies taken in partition order, so every
+runtime adds them up in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
+from fedsim.codecs import CODECS
+from fedsim.config import Scenario, client_spec
+from pydantic import Field, model_validator
+
+from .nodes import sample_partitions
+
+
+class LocalSGDParams(AlgorithmParams):
+    """Local SGD / FedAvg hyperparameters: give local_steps (H) or local_epochs (E)."""
+
+    local_steps: int = Field(10, ge=0, description="H local steps per round")
+    local_epochs: int = Field(0, ge=0, description="E passes over the local data per round")
+    batch_size: int = Field(32, ge=0, description="0 means full-batch gradients")
+    client_lr: float = Field(0.1, gt=0)
+    server_lr: float = Field(1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_given(cls, data: dict) -> dict:
+        """Giving only one of local_steps / local_epochs switches the other off."""
+        if isinstance(data, dict) and ("local_steps" in data) != ("local_epochs" in data):
+            other = "local_epochs" if "local_steps" in data else "local_steps"
+            data = {**data, other: 0}
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> LocalSGDParams:
+        if (self.local_steps > 0) == (self.local_epochs > 0):
+            raise ValueError(
+                f"set exactly one of local_steps and local_epochs (got {self.local_steps}"
+                f" and {self.local_epochs})"
+            )
+        return self
+
+
+class FedAvg(FlowerFedAvg):
+    """Flower's FedAvg with fedsim's sampling (by partition, seeded) and delta aggregation."""
+
+    def __init__(self, scenario: Scenario, partitions: dict[int, int]) -> None:
+        p = scenario.algorithm
+        super().__init__(
+            fraction_train=p.fraction,
+            min_train_nodes=p.min_clients,
+            min_available_nodes=len(partitions),
+        )
+        self.scenario, self.partitions = scenario, partitions
+        self.spec = client_spec(scenario)
+        self.codec = CODECS.get("fp32")
+        self.x: np.ndarray | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample the cohort and send each client the model and the round config."""
+        self.x = self.codec.decode(arrays)
+        s, p = self.scenario, self.scenario.algorithm
+        cohort = sample_partitions(len(self.partitions), p.fraction, p.min_clients, s.seed,
+                                   server_round)
+        config = ConfigRecord({**config, "server-round": server_round, "spec": self.spec})
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [
+            Message(content, dst_node_id=self.partitions[pid], message_type=MessageType.TRAIN)
+            for pid in cohort
+        ]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: fedsim evaluates the global model on the server."""
+        return []
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Apply the weighted mean of the client deltas with the server step size."""
+        valid = ok_replies(replies)
+        if not valid:
+            return None, None
+        acc, total = np.zeros_like(self.x), 0.0
+        for msg in valid:
+            w = float(metrics_of(msg)["num-examples"])
+            acc += np.float32(w) * self.codec.decode(msg.content["arrays"])
+            total += w
+        x = self.x - np.float32(self.scenario.algorithm.server_lr / total) * acc
+        return self.codec.encode(x), client_metrics(valid)
+
+
+def metrics_of(msg: Message) -> MetricRecord:
+    return msg.content["metrics"]
+
+
+def ok_replies(replies: Iterable[Message]) -> list[Message]:
+    """Replies that carry content, in partition order (errors are counted by the loop)."""
+    valid = [m for m in replies if not m.has_error()]
+    return sorted(valid, key=lambda m: int(metrics_of(m)["partition-id"]))
+
+
+def client_metrics(replies: list[Message]) -> MetricRecord:
+    """train_loss weighted by examples; grad_evals and work summed."""
+    ms = [metrics_of(m) for m in replies]
+    total = sum(float(m["num-examples"]) for m in ms)
+    return MetricRecord(
+        {
+            "train_loss": sum(float(m["train_loss"]) * float(m["num-examples"]) for m in ms)
+            / total,
+            "grad_evals": sum(int(m["grad_evals"]) for m in ms),
+            "work": sum(int(m["work"]) for m in ms),
+        }
+    )
+
+
+class FedAvgParams(LocalSGDParams):
+    """FedAvg defaults: one local epoch per round."""
+
+    local_steps: int = Field(0, ge=0, description="H local steps per round")
+    local_epochs: int = Field(1, ge=0, description="E passes over the local data per round")
+
+
+for _name, _params, _doc in (
+    ("fedavg", FedAvgParams, "FedAvg: E local epochs of SGD, example-weighted average"),
+    ("local_sgd", LocalSGDParams, "Local SGD: H local SGD steps, server step size eta_s"),
+):
+    SERVER_HALVES.register(_name, ServerHalf(_params, FedAvg, _doc), _doc)
