@@ -78,14 +78,17 @@ def steps_for(params: SimpleNamespace, n: int) -> int:
 def minibatches(
     n: int, batch_size: int, steps: int, gen: torch.Generator, device: torch.device
 ) -> Iterator[torch.Tensor | None]:
-    """`steps` index batches from consecutive shuffled epochs (None = full batch)."""
+    """`steps` index batches from consecutive shuffled epochs (None = full batch).
+
+    An epoch's last batch holds the remainder, so E epochs visit every example E times.
+    """
     if batch_size == 0 or batch_size >= n:
         for _ in range(steps):
             yield None
         return
     perm, pos = torch.randperm(n, generator=gen), 0
     for _ in range(steps):
-        if pos + batch_size > n:
+        if pos >= n:
             perm, pos = torch.randperm(n, generator=gen), 0
         yield perm[pos : pos + batch_size].to(device)
         pos += batch_size

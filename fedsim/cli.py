@@ -44,7 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ScenarioError(str(e)) from None
     launch(scenario, out)
     final = read_summary(out)["final"]
-    shown = {k: final[k] for k in ("round", "train_loss", "eval_loss", "eval_accuracy") if k in final}
+    shown = {
+        k: final[k] for k in ("round", "train_loss", "eval_loss", "eval_accuracy") if k in final
+    }
     print(f"{out}: {json.dumps(shown)}")
     return 0
 

@@ -23,10 +23,13 @@ NPY_STYPE = "numpy.ndarray"
 
 def pack(arr: np.ndarray) -> Array:
     """A Flower Array holding `arr` in .npy format (byte-identical to `Array(arr)`)."""
-    arr = np.ascontiguousarray(arr)
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.ascontiguousarray(arr)
+    header = np.lib.format.header_data_from_array_1_0(arr)
     head = io.BytesIO()
-    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))
-    data = b"".join((head.getvalue(), memoryview(arr).cast("B")))
+    np.lib.format.write_array_header_1_0(head, header)
+    body = arr.T if header["fortran_order"] else arr  # C-contiguous either way
+    data = b"".join((head.getvalue(), memoryview(body).cast("B")))
     return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=NPY_STYPE, data=data)
 
 

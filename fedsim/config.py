@@ -27,7 +27,7 @@ RUNTIMES = ("inprocess", "simulation")
 
 
 class ScenarioError(ValueError):
-    """A scenario that cannot run; the message is one line naming key, value, and what is allowed."""
+    """A scenario that cannot run; the message is one line: key, value, what is allowed."""
 
 
 class SimulationConfig(BaseModel):
@@ -127,9 +127,7 @@ def validate(raw: dict[str, Any]) -> Scenario:
     raw = dict(raw)
     alg_raw = raw.pop("algorithm", None)
     if not isinstance(alg_raw, dict) or "name" not in alg_raw:
-        raise ScenarioError(
-            f"scenario.algorithm.name: missing (allowed: {SERVER_HALVES.names()})"
-        )
+        raise ScenarioError(f"scenario.algorithm.name: missing (allowed: {SERVER_HALVES.names()})")
     name = alg_raw["name"]
     if name not in SERVER_HALVES:
         raise ScenarioError(

@@ -13,11 +13,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from pydantic import Field, model_validator
 
 from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario, client_spec
-from pydantic import Field, model_validator
 
 from .nodes import sample_partitions
 
@@ -71,8 +71,9 @@ class FedAvg(FlowerFedAvg):
         """Sample the cohort and send each client the model and the round config."""
         self.x = self.codec.decode(arrays)
         s, p = self.scenario, self.scenario.algorithm
-        cohort = sample_partitions(len(self.partitions), p.fraction, p.min_clients, s.seed,
-                                   server_round)
+        cohort = sample_partitions(
+            len(self.partitions), p.fraction, p.min_clients, s.seed, server_round
+        )
         config = ConfigRecord({**config, "server-round": server_round, "spec": self.spec})
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [

@@ -27,20 +27,24 @@ class LogregOptions(BaseModel, extra="forbid"):
     dim: int = Field(20, ge=1)
     samples_per_client: int = Field(100, ge=1)
     kappa: Kappa | list[Kappa] = 100.0  # one value for all clients, or one per client
-    test_samples: int = Field(200, ge=1)
+    test_samples: int = Field(200, ge=1)  # drawn from the pooled distribution (not test_fraction)
     label_noise: float = Field(0.1, ge=0, le=0.5)
     heterogeneity: float = Field(0.5, ge=0)  # std of each client's feature-mean shift
 
     @field_validator("kappa")
     @classmethod
-    def _one_kappa_per_client(cls, kappa: float | list[float], info: ValidationInfo):
+    def _one_kappa_per_client(
+        cls, kappa: float | list[float], info: ValidationInfo
+    ) -> float | list[float]:
         num_clients = (info.context or {}).get("num_clients")
         if isinstance(kappa, list) and num_clients is not None and len(kappa) != num_clients:
             raise ValueError(f"{len(kappa)} kappa values given for {num_clients} clients")
         return kappa
 
 
-def _sample(rng: np.random.Generator, means: np.ndarray, w: np.ndarray, noise: float):
+def _sample(
+    rng: np.random.Generator, means: np.ndarray, w: np.ndarray, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
     """One row per mean: a ~ N(mean, I), b = [a^T w > 0] flipped with probability `noise`."""
     a = means + rng.standard_normal(means.shape)
     b = (a @ w > 0) ^ (rng.random(len(a)) < noise)

@@ -60,6 +60,7 @@ def partition_labels(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.
     except ValueError as err:
         raise ValueError(
             f"{cfg.partitioner!r} partitioning of {len(labels)} examples among "
-            f"{cfg.num_clients} clients failed (try fewer clients or a larger alpha): {err}"
+            f"{cfg.num_clients} clients failed (try fewer clients, or for dirichlet a "
+            f"larger alpha): {err}"
         ) from err
     return [np.sort(part.with_format("numpy")["idx"]).astype(np.int64) for part in parts]

@@ -34,7 +34,9 @@ class SyntheticOptions(BaseModel, extra="forbid"):
         return self
 
 
-def _client(rng: np.random.Generator, o: SyntheticOptions, size: int, sigma: np.ndarray):
+def _client(
+    rng: np.random.Generator, o: SyntheticOptions, size: int, sigma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One client's inputs and labels."""
     u = rng.normal(0.0, o.alpha)
     w = rng.normal(u, 1.0, (o.num_classes, o.dim))

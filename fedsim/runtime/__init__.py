@@ -52,8 +52,14 @@ def launch(
         resources = scenario.simulation
         backend = {
             "client_resources": {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+            "init_args": {
+                "num_cpus": os.cpu_count() or 1,
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": "error",
+            },
         }
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         ctx = _server_context(random.getrandbits(63), cfg)
         compat.run_simulation(server_app, client_app, num_nodes, backend, ctx)
     else:  # validated earlier; kept for a runtime added to the config but not here

@@ -1,0 +1,82 @@
+"""The in-process runtime is a Flower runtime: a plain Flower App runs on it unchanged."""
+
+from __future__ import annotations
+
+import inspect
+
+import flwr
+import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.common.constant import ErrorCode
+
+from fedsim.runtime import compat
+from fedsim.runtime.inprocess import InProcessGrid
+
+from . import flower_fixture_app as fixture
+
+
+def run_fixture(num_nodes: int, rounds: int, **extra) -> Context:
+    grid = InProcessGrid(fixture.client, num_nodes)
+    ctx = Context(
+        run_id=grid.run.run_id,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={"num-nodes": num_nodes, "rounds": rounds, **extra},
+    )
+    for c in grid.contexts.values():  # the ClientApp's run config, as a SuperNode would have it
+        c.run_config.update(extra)
+    fixture.server(grid=grid, context=ctx)
+    return ctx
+
+
+def test_plain_flower_app_runs_unchanged_and_matches_closed_form():
+    n, rounds = 4, 3
+    ctx = run_fixture(n, rounds)
+    weights = np.arange(1, n + 1, dtype=float)
+    step = (weights**2).sum() / weights.sum()  # FedAvg of w + (p+1) weighted by (p+1)
+    np.testing.assert_allclose(ctx.state["final"]["w"].numpy(), np.full(3, rounds * step))
+    # every node kept its own Context.state across rounds
+    assert ctx.state["train"]["calls"] == rounds
+
+
+def test_a_raising_client_becomes_a_flower_error_reply():
+    grid = InProcessGrid(fixture.client, 3)
+    for c in grid.contexts.values():
+        c.run_config["fail-partition"] = 1
+    msgs = [
+        Message(
+            RecordDict({"arrays": fixture.ArrayRecord({"w": fixture.Array(np.zeros(2))})}),
+            dst_node_id=nid,
+            message_type="train",
+        )
+        for nid in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(msgs))
+    errors = [r for r in replies if r.has_error()]
+    assert len(replies) == 3 and len(errors) == 1
+    assert errors[0].error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert "partition 1 fails on purpose" in errors[0].error.reason
+    assert all(r.metadata.reply_to_message_id for r in replies)
+
+
+def test_failures_do_not_stop_flower_fedavg():
+    ctx = run_fixture(3, 2, **{"fail-partition": 2})
+    weights = np.array([1.0, 2.0])  # partition 2 never contributes
+    np.testing.assert_allclose(
+        ctx.state["final"]["w"].numpy(), np.full(3, 2 * (weights**2).sum() / weights.sum())
+    )
+
+
+def test_flower_internals_we_rely_on_are_still_there():
+    """Fails loudly on a Flower upgrade that moves what fedsim.runtime.compat touches."""
+    major, minor = (int(v) for v in flwr.__version__.split(".")[:2])
+    assert (major, minor) == (1, 41), "re-check fedsim/runtime/compat.py for this Flower"
+    compat.set_server_identity(1234)
+    msg = Message(RecordDict(), dst_node_id=7, message_type="train")
+    assert msg.metadata.run_id == 1234
+    msg_id = compat.assign_message_id(msg)
+    assert msg.metadata.message_id == msg_id
+    from flwr.simulation.run_simulation import _run_simulation
+
+    assert "server_app_context" in inspect.signature(_run_simulation).parameters
