@@ -8,8 +8,6 @@ Simulation Engine and on a SuperNode.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -46,7 +44,8 @@ def train(msg: Message, context: Context) -> Message:
         round=rnd,
         spec=spec,
         objective=objective,
-        x=torch.from_numpy(np.array(received, dtype=np.float32)).to(spec.device),
+        received=received,
+        x=objective.load(received),
         rng=torch_generator(spec.seed, rnd, pid),
         state=context.state,
         config=config,

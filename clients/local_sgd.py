@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from fedsim.algorithms import CLIENT_HALVES
 from fedsim.codecs import CODECS
 
@@ -15,17 +17,15 @@ def sgd_steps(job: ClientJob) -> tuple[float, int, int]:
     steps = steps_for(p, f.n)
     total, work = 0.0, 0
     for idx in minibatches(f.n, p.batch_size, steps, job.rng, job.x.device):
-        loss, g = f.loss_grad(idx)
-        job.x.add_(g, alpha=-p.client_lr)
-        total += loss
+        total += f.sgd_step(idx, p.client_lr)
         work += f.n if idx is None else len(idx)
     return total / max(steps, 1), steps, work
 
 
 def local_sgd(job: ClientJob) -> ClientUpdate:
-    x0 = job.x.clone()
     loss, steps, work = sgd_steps(job)
-    delta = (x0 - job.x).cpu().numpy()
+    x = job.x.cpu().numpy()  # the local iterate; ours to overwrite with the delta
+    delta = np.subtract(job.received, x, out=x)
     return ClientUpdate(CODECS.get("fp32").encode(delta), loss, steps, work)
 
 

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
+from fedsim.codecs import readonly_tensor
 from fedsim.data import DataConfig, client_data, load_dataset
-from fedsim.models import ModelConfig, bind, build_model, loss_fn
+from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
 
 
 @dataclass(frozen=True)
@@ -48,23 +50,48 @@ class LocalObjective:
         self.loss = loss_fn(classes)
         self.n = len(y)
 
+    def load(self, received: np.ndarray) -> torch.Tensor:
+        """The received model copied into the model's reusable flat buffer on its device.
+
+        Clients of one process run one after another and share this buffer: a client
+        half that keeps anything past its round must copy it (into Context.state).
+        """
+        buffer = self.model.flat_buffer
+        buffer.copy_(readonly_tensor(received))
+        return buffer
+
     def bind(self, x: torch.Tensor) -> None:
         """Evaluate at `x` from now on; in-place updates of `x` move the model."""
         self.x = x
         self.params = bind(self.model, x)
+        self.views = [p.data for p in self.params]  # plain tensors sharing x's memory
 
-    def loss_grad(self, idx: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """Loss and flat gradient on the examples `idx` (all examples if None)."""
+    def _grads(self, idx: torch.Tensor | None) -> tuple[float, tuple[torch.Tensor, ...]]:
+        """Data loss and per-parameter gradients on examples `idx` (all if None)."""
         xb = self.inputs if idx is None else self.inputs[idx]
         yb = self.targets if idx is None else self.targets[idx]
         loss = self.loss(self.model(xb), yb)
         grads = torch.autograd.grad(loss, self.params)
-        g = torch.cat([gr.reshape(-1) for gr in grads])
         value = float(loss.detach())
         if self.l2:
-            g.add_(self.x, alpha=self.l2)
             value += 0.5 * self.l2 * float(self.x.dot(self.x))
+        return value, grads
+
+    def loss_grad(self, idx: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Loss and flat gradient of f_i on the examples `idx` (all examples if None)."""
+        value, grads = self._grads(idx)
+        g = torch.cat([gr.reshape(-1) for gr in grads])
+        if self.l2:
+            g.add_(self.x, alpha=self.l2)
         return value, g
+
+    def sgd_step(self, idx: torch.Tensor | None, lr: float) -> float:
+        """x <- x - lr * grad f_i(x) in place, without building the flat gradient; the loss."""
+        value, grads = self._grads(idx)
+        if self.l2:
+            self.x.mul_(1.0 - lr * self.l2)
+        torch._foreach_add_(self.views, grads, alpha=-lr)
+        return value
 
 
 def steps_for(params: SimpleNamespace, n: int) -> int:
@@ -96,13 +123,16 @@ def minibatches(
 
 @lru_cache(maxsize=4)
 def _model(model_json: str, in_features: int, classes: int, device: str) -> nn.Module:
-    """One model object per process and architecture: clients run one after another."""
+    """One model object (and flat buffer) per process and architecture."""
     cfg = ModelConfig.model_validate_json(model_json)
-    return build_model(cfg, in_features, classes, seed=0).to(device)
+    model = build_model(cfg, in_features, classes, seed=0).to(device)
+    model.flat_buffer = flat_params(model)
+    return model
 
 
 @lru_cache(maxsize=1024)
-def _objective(spec_text: str, partition_id: int) -> LocalObjective:
+def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
+    """The local objective of a partition (data and model loaded once per process)."""
     spec = RoundSpec.parse(spec_text)
     ds = load_dataset(spec.data, spec.seed)
     x, y, l2 = client_data(spec.data, spec.seed, partition_id)
@@ -119,7 +149,8 @@ class ClientJob:
     round: int
     spec: RoundSpec
     objective: LocalObjective
-    x: torch.Tensor  # the received model, a writable flat vector on the device
+    received: np.ndarray  # the model as received (read-only)
+    x: torch.Tensor  # a writable copy on the device for the local iterates (reused buffer)
     rng: torch.Generator  # derived from (seed, round, partition id)
     state: RecordDict  # Context.state: persists across rounds on this node
     config: ConfigRecord  # the round's config as sent by the server
@@ -138,8 +169,3 @@ class ClientUpdate:
     grad_evals: int  # gradient evaluations (one per local step)
     work: int  # training examples processed, for the simulated clock
     extra: dict[str, float] | None = None
-
-
-def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
-    """The cached local objective of a partition (data and model loaded once per process)."""
-    return _objective(spec_text, partition_id)

@@ -10,10 +10,12 @@ in `ArrayRecord.count_bytes()`.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord
 
 from fedsim.registry import Registry
@@ -44,6 +46,16 @@ def unpack(a: Array) -> np.ndarray:
     shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
     flat = np.frombuffer(a.data, dtype=dtype, offset=head.tell())
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def readonly_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing `arr`'s memory, for reading only (e.g. an `unpack` view).
+
+    torch warns that such a tensor could be written through; callers only read it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 
 @dataclass(frozen=True)

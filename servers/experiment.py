@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,25 @@ def payload_bytes(msg: Message) -> int:
     return sum(rec.count_bytes() for rec in msg.content.array_records.values())
 
 
+@dataclass
+class Tally:
+    """What the loop records of each reply as the strategy consumes the stream."""
+
+    bytes_up: dict[int, int] = field(default_factory=dict)
+    work: dict[int, float] = field(default_factory=dict)
+    errors: int = 0
+
+    def watch(self, replies: Iterable[Message]) -> Iterator[Message]:
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.errors += 1
+            else:
+                self.bytes_up[node] = payload_bytes(msg)
+                self.work[node] = float(msg.content["metrics"]["work"])
+            yield msg
+
+
 def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarray:
     """Run every round of `scenario` over `grid`, write the run directory, return the final x."""
     partitions = discover_partitions(grid, scenario.data.num_clients)
@@ -45,20 +66,16 @@ def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.nd
     for rnd in range(1, scenario.rounds + 1):
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
         down = {m.metadata.dst_node_id: payload_bytes(m) for m in messages}
-        replies = list(grid.send_and_receive(messages))
+        tally = Tally()
+        replies = tally.watch(grid.send_and_receive(messages))
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
+        for _ in replies:  # a strategy may stop early; the rest still count
+            pass
         arrays = arrays if new_arrays is None else new_arrays
-        ok = [r for r in replies if not r.has_error()]
-        up = {r.metadata.src_node_id: payload_bytes(r) for r in ok}
         clock += max(
             (
-                client_round_time(
-                    scenario.system,
-                    down[r.metadata.src_node_id],
-                    float(r.content["metrics"]["work"]),
-                    up[r.metadata.src_node_id],
-                )
-                for r in ok
+                client_round_time(scenario.system, down[n], tally.work[n], up)
+                for n, up in tally.bytes_up.items()
             ),
             default=0.0,
         )
@@ -66,13 +83,13 @@ def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.nd
             "round": rnd,
             "train_loss": None if agg is None else float(agg["train_loss"]),
             **evaluator(codec.decode(arrays)),
-            "bytes_up": sum(up.values()),
+            "bytes_up": sum(tally.bytes_up.values()),
             "bytes_down": sum(down.values()),
             "grad_evals": 0 if agg is None else int(agg["grad_evals"]),
             "sim_time_s": clock,
             "wall_s": time.perf_counter() - start,
-            "clients": len(ok),
-            "failures": len(messages) - len(ok),
+            "clients": len(tally.bytes_up),
+            "failures": len(messages) - len(tally.bytes_up),
         }
         writer.append(row)
         rows.append(row)

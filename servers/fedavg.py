@@ -19,6 +19,7 @@ from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario, client_spec
 
+from .aggregate import ClientMetrics, WeightedSum, in_cohort_order
 from .nodes import sample_partitions
 
 
@@ -64,6 +65,7 @@ class FedAvg(FlowerFedAvg):
         self.spec = client_spec(scenario)
         self.codec = CODECS.get("fp32")
         self.x: np.ndarray | None = None
+        self.cohort: list[int] = []  # node ids of this round's clients, in partition order
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -74,12 +76,11 @@ class FedAvg(FlowerFedAvg):
         cohort = sample_partitions(
             len(self.partitions), p.fraction, p.min_clients, s.seed, server_round
         )
+        self.cohort = [self.partitions[pid] for pid in cohort]
         config = ConfigRecord({**config, "server-round": server_round, "spec": self.spec})
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [
-            Message(content, dst_node_id=self.partitions[pid], message_type=MessageType.TRAIN)
-            for pid in cohort
-        ]
+        train = MessageType.TRAIN
+        return [Message(content, dst_node_id=n, message_type=train) for n in self.cohort]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -90,41 +91,18 @@ class FedAvg(FlowerFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Apply the weighted mean of the client deltas with the server step size."""
-        valid = ok_replies(replies)
-        if not valid:
+        """Apply the example-weighted mean of the client deltas with the server step size."""
+        deltas, metrics = WeightedSum(self.x), ClientMetrics()
+        for msg in in_cohort_order(replies, self.cohort):
+            if msg.has_error():
+                continue
+            m = msg.content["metrics"]
+            deltas.add(self.codec.decode(msg.content["arrays"]), float(m["num-examples"]))
+            metrics.add(m)
+        if not deltas.weight:
             return None, None
-        acc, total = np.zeros_like(self.x), 0.0
-        for msg in valid:
-            w = float(metrics_of(msg)["num-examples"])
-            acc += np.float32(w) * self.codec.decode(msg.content["arrays"])
-            total += w
-        x = self.x - np.float32(self.scenario.algorithm.server_lr / total) * acc
-        return self.codec.encode(x), client_metrics(valid)
-
-
-def metrics_of(msg: Message) -> MetricRecord:
-    return msg.content["metrics"]
-
-
-def ok_replies(replies: Iterable[Message]) -> list[Message]:
-    """Replies that carry content, in partition order (errors are counted by the loop)."""
-    valid = [m for m in replies if not m.has_error()]
-    return sorted(valid, key=lambda m: int(metrics_of(m)["partition-id"]))
-
-
-def client_metrics(replies: list[Message]) -> MetricRecord:
-    """train_loss weighted by examples; grad_evals and work summed."""
-    ms = [metrics_of(m) for m in replies]
-    total = sum(float(m["num-examples"]) for m in ms)
-    return MetricRecord(
-        {
-            "train_loss": sum(float(m["train_loss"]) * float(m["num-examples"]) for m in ms)
-            / total,
-            "grad_evals": sum(int(m["grad_evals"]) for m in ms),
-            "work": sum(int(m["work"]) for m in ms),
-        }
-    )
+        x = self.x - np.float32(self.scenario.algorithm.server_lr) * deltas.mean()
+        return self.codec.encode(x), metrics.record()
 
 
 class FedAvgParams(LocalSGDParams):

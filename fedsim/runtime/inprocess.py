@@ -2,7 +2,7 @@
 
 Each virtual node has its own persistent `Context` (node_config with
 `partition-id` and `num-partitions`, and `state`), exactly as a SuperNode would.
-Messages are delivered one after another in this process: no Ray, no
+Messages are delivered one after another in this process, lazily as replies are consumed: no Ray, no
 serialization round trip, deterministic. A ClientApp that raises produces a
 Flower error reply, as on the other runtimes.
 """
@@ -10,7 +10,7 @@ Flower error reply, as on the other runtimes.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -77,8 +77,12 @@ class InProcessGrid(Grid):
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return list(self.pull_messages(self.push_messages(messages)))
+    ) -> Iterator[Message]:
+        """Replies, each produced when it is consumed: a strategy that aggregates as it
+        iterates holds one client update at a time, never the whole cohort's."""
+        for msg in messages:
+            compat.assign_message_id(msg)
+            yield self._deliver(msg)
 
     def _deliver(self, msg: Message) -> Message:
         """Run the ClientApp of the destination node on `msg`; errors become error replies."""
