@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -14,29 +15,42 @@ SAMPLING_STREAM = 1  # keeps client sampling independent of the other per-round 
 
 
 def discover_partitions(grid: Grid, expected: int, timeout: float = 600.0) -> dict[int, int]:
-    """Map partition id -> node id by asking every node (`query.describe`).
+    """Map partition id -> node id by asking each node as it connects (`query.describe`).
 
-    Sampling by partition id, not by node id, makes the same scenario and seed
-    pick the same clients on every runtime.
+    Sampling by partition id, not by node id, makes the same scenario and seed pick
+    the same clients on every runtime. A node whose `num-partitions` disagrees with
+    the scenario's `data.num_clients` is an error at once, not a silent wait.
     """
-    deadline = time.monotonic() + timeout
-    while len(nodes := sorted(grid.get_node_ids())) < expected:
+    deadline, mapping, asked = time.monotonic() + timeout, {}, set()
+    while True:
+        new = sorted(set(grid.get_node_ids()) - asked)
+        asked.update(new)
+        queries = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in new]
+        for reply in grid.send_and_receive(queries, timeout=timeout) if queries else ():
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                raise RuntimeError(f"node {node} did not describe itself: {reply.error.reason}")
+            info = reply.content["node"]
+            if int(info.get("num-partitions", expected)) != expected:
+                raise RuntimeError(
+                    f"node {node} has num-partitions={info['num-partitions']}, but the scenario"
+                    f" has data.num_clients={expected}: size the federation to match"
+                )
+            pid = int(info["partition-id"])
+            if pid in mapping or not 0 <= pid < expected:
+                raise RuntimeError(
+                    f"node {node}: partition-id {pid} is a duplicate or out of range"
+                )
+            mapping[pid] = node
+        if len(mapping) == expected:
+            return {p: mapping[p] for p in range(expected)}
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(nodes)} of {expected} nodes connected")
-        time.sleep(0.5)
-    queries = [Message(RecordDict(), dst_node_id=n, message_type="query.describe") for n in nodes]
-    mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-        pid = int(reply.content["node"]["partition-id"])
-        if pid in mapping:
-            raise RuntimeError(f"partition {pid} is held by two nodes")
-        mapping[pid] = reply.metadata.src_node_id
-    missing = sorted(set(range(expected)) - set(mapping))
-    if missing:
-        raise RuntimeError(f"no node holds partitions {missing[:10]}")
-    return {p: mapping[p] for p in range(expected)}
+            raise RuntimeError(f"only {len(mapping)} of {expected} nodes connected in {timeout}s")
+        if len(asked) % 10 == 0 or not new:
+            logging.getLogger("flwr").warning(
+                "waiting for nodes: %d of %d connected", len(mapping), expected
+            )
+        time.sleep(2.0)
 
 
 def sample_partitions(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from fedsim.servers.aggregate import WeightedSum, in_cohort_order
 from flwr.app import Message, RecordDict
 
 from fedsim.codecs import pack, unpack
 from fedsim.runtime import compat
+from fedsim.servers.aggregate import WeightedSum, in_cohort_order
 
 
 def replies_from(nodes: list[int]) -> list[Message]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedsim.servers.evaluate import Evaluator
 
 from fedsim.config import load_scenario
 from fedsim.data import client_data, load_dataset
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
+from fedsim.servers.evaluate import Evaluator
 
 CLIENTS = 4
 
