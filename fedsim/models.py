@@ -7,9 +7,10 @@ vector of d numbers: that vector is what travels and what the methods update.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from fedsim.registry import Registry
@@ -22,16 +23,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "mlp"
+    name: Annotated[str, AfterValidator(MODELS.check)] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])
     bias: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"{v!r} is not one of {MODELS.names()}")
-        return v
 
     @field_validator("hidden")
     @classmethod

@@ -50,6 +50,12 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         return self._entries[name].obj
 
+    def check(self, name: str) -> str:
+        """`name` if registered, else a ValueError listing what is (a pydantic validator)."""
+        if name not in self._entries:
+            raise ValueError(f"{name!r} is not one of {self.names()}")
+        return name
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

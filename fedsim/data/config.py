@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from fedsim.data.base import DATASETS
@@ -36,7 +44,7 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = "digits"
+    dataset: Annotated[str, AfterValidator(DATASETS.check)] = "digits"
     num_clients: int = Field(20, ge=1)
     partitioner: Literal["iid", "dirichlet", "shards", "natural"] = Field(
         "iid", validate_default=True
@@ -45,13 +53,6 @@ class DataConfig(BaseModel):
     shards_per_client: int = Field(2, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     options: dict[str, Any] = Field({}, validate_default=True)  # filled with the defaults
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"{name!r} is not one of {DATASETS.names()}")
-        return name
 
     @field_validator("partitioner")
     @classmethod
