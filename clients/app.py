@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.algorithms import CLIENT_HALVES
 from fedsim.codecs import CODECS
+from fedsim.heterogeneity import failure_of
 from fedsim.seeding import torch_generator
 
 from .training import ClientJob, RoundSpec, objective_for
@@ -38,6 +39,8 @@ def train(msg: Message, context: Context) -> Message:
     spec_text = str(config["spec"])
     spec = RoundSpec.parse(spec_text)
     pid, rnd = partition_id(context), int(config["server-round"])
+    if failure_of(spec.failures, spec.seed, rnd, pid) == "raise":
+        raise RuntimeError(f"injected failure: partition {pid} raises in round {rnd}")
     objective = objective_for(spec_text, pid)
     received = CODECS.get("fp32").decode(msg.content["arrays"])
     job = ClientJob(

@@ -16,6 +16,7 @@ from torch import nn
 
 from fedsim.codecs import readonly_tensor
 from fedsim.data import DataConfig, client_data, load_dataset
+from fedsim.heterogeneity import Failures
 from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
 
 
@@ -28,6 +29,7 @@ class RoundSpec:
     data: DataConfig
     model: ModelConfig
     params: SimpleNamespace  # the algorithm's hyperparameters
+    failures: Failures  # injected failures (the ClientApp raises when its coin says so)
 
     @staticmethod
     @lru_cache(maxsize=8)
@@ -39,6 +41,7 @@ class RoundSpec:
             data=DataConfig.model_validate(d["data"]),
             model=ModelConfig.model_validate(d["model"]),
             params=SimpleNamespace(**d["algorithm"]),
+            failures=Failures.model_validate(d["failures"]),
         )
 
 

@@ -174,4 +174,5 @@ def client_spec(scenario: Scenario) -> str:
     """The JSON a client receives in every round's config (`spec`): what it needs to train."""
     d = scenario.to_dict()
     keys = ("seed", "device", "data", "model", "algorithm")
-    return json.dumps({k: d[k] for k in keys}, sort_keys=True)
+    spec = {k: d[k] for k in keys} | {"failures": d["system"]["failures"]}
+    return json.dumps(spec, sort_keys=True)

@@ -8,6 +8,7 @@ appends one row to metrics.jsonl.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from fedsim.algorithms import SERVER_HALVES
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario
-from fedsim.heterogeneity import client_round_time
+from fedsim.heterogeneity import Profiles, on_time, settle
 from fedsim.results import MetricsWriter, summarize
 
 from .evaluate import Evaluator
@@ -36,26 +37,51 @@ def payload_bytes(msg: Message) -> int:
 
 @dataclass
 class Tally:
-    """What the loop records of each reply as the strategy consumes the stream."""
+    """Times each reply on the simulated clock as it streams past, and admits the ones that
+    count under the round policy (overcommit holds replies until it knows the k fastest)."""
 
+    profiles: Profiles
+    node_pid: dict[int, int]
+    server_round: int
+    down: dict[int, int]
+    times: dict[int, float] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)
-    work: dict[int, float] = field(default_factory=dict)
     errors: int = 0
+    vanished: int = 0
 
-    def watch(self, replies: Iterable[Message]) -> Iterator[Message]:
+    def admit(self, replies: Iterable[Message], cohort: list[int], k: int) -> Iterator[Message]:
+        cfg = self.profiles.cfg
+        held: dict[int, Message] = {}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
                 self.errors += 1
-            else:
-                self.bytes_up[node] = payload_bytes(msg)
-                self.work[node] = float(msg.content["metrics"]["work"])
-            yield msg
+                continue
+            pid = self.node_pid[node]
+            fate = self.profiles.failure(self.server_round, pid)
+            if fate in ("timeout", "vanish"):  # hung, or the reply was lost: never arrives
+                self.times[node] = math.inf
+                self.vanished += fate == "vanish"
+                continue
+            work = float(msg.content["metrics"]["work"])
+            self.bytes_up[node] = payload_bytes(msg)
+            self.times[node] = self.profiles.round_time(
+                pid, self.down[node], work, self.bytes_up[node]
+            )
+            if cfg.policy == "overcommit":
+                held[node] = msg
+            elif on_time(cfg, self.times[node]):
+                yield msg
+        if held:
+            yield from (held[n] for n in settle(cfg, self.times, cohort, k).kept)
 
 
 def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarray:
     """Run every round of `scenario` over `grid`, write the run directory, return the final x."""
-    partitions = discover_partitions(grid, scenario.data.num_clients)
+    n = scenario.data.num_clients
+    partitions = discover_partitions(grid, n)
+    node_pid = {node: pid for pid, node in partitions.items()}
+    profiles = Profiles(scenario.system, n, scenario.seed)
     evaluator = Evaluator(scenario)
     strategy = SERVER_HALVES.get(scenario.algorithm.name).strategy(scenario, partitions)
     codec = CODECS.get("fp32")
@@ -64,21 +90,18 @@ def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.nd
     rows, clock, start = [], 0.0, time.perf_counter()
     bar = tqdm(total=scenario.rounds, desc=scenario.name, disable=not sys.stderr.isatty())
     for rnd in range(1, scenario.rounds + 1):
+        strategy.eligible = np.flatnonzero(profiles.available(rnd, clock)).tolist()
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+        cohort = [m.metadata.dst_node_id for m in messages]
         down = {m.metadata.dst_node_id: payload_bytes(m) for m in messages}
-        tally = Tally()
-        replies = tally.watch(grid.send_and_receive(messages))
+        tally = Tally(profiles, node_pid, rnd, down)
+        replies = tally.admit(grid.send_and_receive(messages), cohort, strategy.target)
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
         for _ in replies:  # a strategy may stop early; the rest still count
             pass
         arrays = arrays if new_arrays is None else new_arrays
-        clock += max(
-            (
-                client_round_time(scenario.system, down[n], tally.work[n], up)
-                for n, up in tally.bytes_up.items()
-            ),
-            default=0.0,
-        )
+        outcome = settle(scenario.system, tally.times, cohort, strategy.target)
+        clock += outcome.duration if messages else scenario.system.idle_s
         row = {
             "round": rnd,
             "train_loss": None if agg is None else float(agg["train_loss"]),
@@ -88,8 +111,13 @@ def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.nd
             "grad_evals": 0 if agg is None else int(agg["grad_evals"]),
             "sim_time_s": clock,
             "wall_s": time.perf_counter() - start,
-            "clients": len(tally.bytes_up),
-            "failures": len(messages) - len(tally.bytes_up),
+            "clients": len(outcome.kept),
+            "invited": len(messages),
+            "available": len(strategy.eligible),
+            "failures": tally.errors,
+            "timeouts": len(outcome.timed_out) - tally.vanished,
+            "dropouts": tally.vanished,
+            "late": len(outcome.late),
         }
         writer.append(row)
         rows.append(row)

@@ -18,9 +18,10 @@ from pydantic import Field, model_validator
 from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario, client_spec
+from fedsim.heterogeneity import invitations
 
 from .aggregate import ClientMetrics, WeightedSum, in_cohort_order
-from .nodes import sample_partitions
+from .nodes import cohort_size, sample_partitions
 
 
 class LocalSGDParams(AlgorithmParams):
@@ -65,7 +66,9 @@ class FedAvg(FlowerFedAvg):
         self.spec = client_spec(scenario)
         self.codec = CODECS.get("fp32")
         self.x: np.ndarray | None = None
-        self.cohort: list[int] = []  # node ids of this round's clients, in partition order
+        self.eligible = list(partitions)  # available partitions; the round loop updates it
+        self.cohort: list[int] = []  # node ids invited this round, in partition order
+        self.target = 0  # replies the round needs (fewer than invited under overcommit)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -73,9 +76,9 @@ class FedAvg(FlowerFedAvg):
         """Sample the cohort and send each client the model and the round config."""
         self.x = self.codec.decode(arrays)
         s, p = self.scenario, self.scenario.algorithm
-        cohort = sample_partitions(
-            len(self.partitions), p.fraction, p.min_clients, s.seed, server_round
-        )
+        self.target = cohort_size(len(self.eligible), p.fraction, p.min_clients)
+        invite = min(len(self.eligible), invitations(s.system, self.target))
+        cohort = sample_partitions(self.eligible, invite, s.seed, server_round)
         self.cohort = [self.partitions[pid] for pid in cohort]
         config = ConfigRecord({**config, "server-round": server_round, "spec": self.spec})
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})

@@ -53,12 +53,14 @@ def discover_partitions(grid: Grid, expected: int, timeout: float = 600.0) -> di
         time.sleep(2.0)
 
 
-def sample_partitions(
-    num: int, fraction: float, min_clients: int, seed: int, server_round: int
-) -> list[int]:
-    """The round's cohort: max(min_clients, int(num * fraction)) partitions, from (seed, round)."""
-    k = min(num, max(min_clients, int(num * fraction)))
-    if k == num:
-        return list(range(num))
+def cohort_size(eligible: int, fraction: float, min_clients: int) -> int:
+    """Clients that train in a round: max(min_clients, int(eligible * fraction)), at most all."""
+    return min(eligible, max(min_clients, int(eligible * fraction)))
+
+
+def sample_partitions(eligible: list[int], size: int, seed: int, server_round: int) -> list[int]:
+    """`size` of the eligible partitions, drawn from (seed, round), in increasing order."""
+    if size >= len(eligible):
+        return sorted(eligible)
     rng = np.random.default_rng(derive_seed(seed, server_round, SAMPLING_STREAM))
-    return sorted(int(i) for i in rng.choice(num, size=k, replace=False))
+    return sorted(int(eligible[i]) for i in rng.choice(len(eligible), size=size, replace=False))
