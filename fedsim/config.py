@@ -15,11 +15,19 @@ from typing import Any, Literal
 
 import tomli_w
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from fedsim.algorithms import SERVER_HALVES, AlgorithmParams
 from fedsim.data import DataConfig
-from fedsim.heterogeneity import SystemConfig
+from fedsim.heterogeneity import Profiles, SystemConfig
 from fedsim.models import ModelConfig
 from fedsim.registry import load_plugins
 
@@ -62,6 +70,15 @@ class Scenario(BaseModel):
             raise ValueError("is not 'cpu', 'cuda' or 'cuda:N'")
         if v.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("is not available on this machine (no CUDA device)")
+        return v
+
+    @field_validator("system")
+    @classmethod
+    def _profiles_fit_population(cls, v: SystemConfig, info: ValidationInfo) -> SystemConfig:
+        """Per-client lists must fit data.num_clients: checked now, not mid-run."""
+        data = info.data.get("data")
+        if data is not None:
+            Profiles(v, data.num_clients, info.data.get("seed", 0)).round_time(0, 0, 0.0, 0)
         return v
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +172,8 @@ def _one_line(err: ValidationError, prefix: tuple[str, ...], model: type[BaseMod
         return f"{key}: missing (required)"
     msg = msg.removeprefix("Value error, ")
     if kind == "value_error":
-        return f"{key}: {msg}" if repr(value) in msg else f"{key}: {value!r} {msg}"
+        scalar = isinstance(value, str | int | float | bool) and repr(value) not in msg
+        return f"{key}: {value!r} {msg}" if scalar else f"{key}: {msg}"
     return f"{key}: {value!r} is invalid ({msg[0].lower()}{msg[1:]})"
 
 

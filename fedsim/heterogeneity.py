@@ -132,7 +132,7 @@ class Profiles:
     def _values(self) -> dict[str, np.ndarray]:
         keys = ("speed", "uplink", "downlink", "latency_s")
         return {
-            k: per_client(getattr(self.cfg, k), self.n, self.seed, f"system.{k}", k == "latency_s")
+            k: per_client(getattr(self.cfg, k), self.n, self.seed, k, k == "latency_s")
             for k in keys
         }
 
