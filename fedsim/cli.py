@@ -29,12 +29,16 @@ def preflight(scenario: Scenario) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedsim.results import create_run_dir, read_summary
+    from fedsim.results import create_run_dir
     from fedsim.runtime import launch
 
     overrides = list(args.set or [])
     if args.runtime:
         overrides.append(f'runtime="{args.runtime}"')
+    if args.resume:
+        return resume_run(Path(args.resume), overrides)
+    if not args.scenario:
+        raise ScenarioError("scenario: missing (give a TOML file, or --resume DIR)")
     scenario = load_scenario(args.scenario, overrides)
     preflight(scenario)
     out = Path(args.out or f"runs/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -43,6 +47,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     except FileExistsError as e:
         raise ScenarioError(str(e)) from None
     launch(scenario, out)
+    return report(out)
+
+
+def resume_run(out: Path, overrides: list[str]) -> int:
+    """Continue a run from its last checkpoint, with its own resolved scenario."""
+    from fedsim.results import CONFIG
+    from fedsim.runtime import launch
+
+    if not (out / CONFIG).is_file():
+        raise ScenarioError(f"resume: {str(out)!r} is not a run directory (no {CONFIG})")
+    if overrides:
+        raise ScenarioError("resume: --set/--runtime cannot change a run being resumed")
+    scenario = load_scenario(out / CONFIG)
+    launch(scenario, out, resume=True)
+    return report(out)
+
+
+def report(out: Path) -> int:
+    """Print the run directory and its final metrics."""
+    from fedsim.results import read_summary
+
     final = read_summary(out)["final"]
     shown = {
         k: final[k] for k in ("round", "train_loss", "eval_loss", "eval_accuracy") if k in final
@@ -90,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario and write a run directory")
-    run.add_argument("scenario", help="scenario TOML file")
+    run.add_argument("scenario", nargs="?", help="scenario TOML file")
+    run.add_argument("--resume", metavar="DIR", help="continue a killed run from its checkpoint")
     run.add_argument("--runtime", choices=RUNTIMES, help="override the scenario's runtime")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
     run.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")

@@ -57,6 +57,7 @@ class Scenario(BaseModel):
     rounds: int = Field(10, ge=1)
     runtime: Literal["inprocess", "simulation"] = "inprocess"
     device: str = "cpu"
+    checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0: none)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: SerializeAsAny[AlgorithmParams]

@@ -7,6 +7,8 @@ appended and flushed as rounds complete, so a crashed run keeps them.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ ROW_KEYS = (
     "clients",
 )
 METRICS, SUMMARY, CONFIG, MODEL = "metrics.jsonl", "summary.json", "config.toml", "final_model.npy"
+CHECKPOINT = "checkpoint.pkl"
 
 
 def create_run_dir(path: Path, config_toml: str, overwrite: bool = False) -> Path:
@@ -41,16 +44,22 @@ def create_run_dir(path: Path, config_toml: str, overwrite: bool = False) -> Pat
 
 
 class MetricsWriter:
-    """Appends round rows to metrics.jsonl and writes the summary and final model."""
+    """Appends round rows to metrics.jsonl and writes the summary and final model.
 
-    def __init__(self, path: Path | str) -> None:
+    Resuming after round r keeps the rows of rounds 1..r and drops any later (or torn) ones.
+    """
+
+    def __init__(self, path: Path | str, resume_after: int = 0) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / METRICS).write_text("")
+        kept = [r for r in read_rows(self.path / METRICS) if r["round"] <= resume_after]
+        (self.path / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.rows = kept
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.rows.append(row)
 
     def finish(self, summary: dict[str, Any], x: np.ndarray) -> None:
         np.save(self.path / MODEL, x)
@@ -61,6 +70,39 @@ def read_metrics(path: Path | str) -> list[dict[str, Any]]:
     """The rows of a run's metrics.jsonl."""
     with open(Path(path) / METRICS) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_rows(file: Path) -> list[dict[str, Any]]:
+    """Complete rows of a metrics file that may not exist or may end in a torn line."""
+    if not file.is_file():
+        return []
+    rows = []
+    for line in file.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def save_checkpoint(run_dir: Path | str, state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically: a crash leaves the previous one or this one whole."""
+    final = Path(run_dir) / CHECKPOINT
+    tmp = final.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def load_checkpoint(run_dir: Path | str) -> dict[str, Any] | None:
+    """The run's last checkpoint, or None if it has none."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return pickle.load(f)
 
 
 def read_summary(path: Path | str) -> dict[str, Any]:

@@ -29,4 +29,5 @@ def scenario_from_run_config(run_config: dict) -> Scenario:
 def main(grid: Grid, context: Context) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     scenario = scenario_from_run_config(context.run_config)
-    run_experiment(grid, scenario, str(context.run_config.get("out-dir", "runs/flwr")))
+    out_dir = str(context.run_config.get("out-dir", "runs/flwr"))
+    run_experiment(grid, scenario, out_dir, resume=bool(context.run_config.get("resume", False)))

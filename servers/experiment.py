@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
@@ -24,7 +24,7 @@ from fedsim.algorithms import SERVER_HALVES
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario
 from fedsim.heterogeneity import Profiles, on_time, settle
-from fedsim.results import MetricsWriter, summarize
+from fedsim.results import MetricsWriter, load_checkpoint, save_checkpoint, summarize
 
 from .evaluate import Evaluator
 from .nodes import discover_partitions
@@ -76,8 +76,19 @@ class Tally:
             yield from (held[n] for n in settle(cfg, self.times, cohort, k).kept)
 
 
-def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarray:
-    """Run every round of `scenario` over `grid`, write the run directory, return the final x."""
+def client_states(grid: Grid, partitions: dict[int, int]) -> dict[int, RecordDict] | None:
+    """Each partition's Context.state, where the runtime exposes them (in-process)."""
+    contexts = getattr(grid, "contexts", None)
+    if contexts is None:
+        return None
+    return {pid: contexts[node].state for pid, node in partitions.items()}
+
+
+def run_experiment(
+    grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool = False
+) -> np.ndarray:
+    """Run the rounds of `scenario` over `grid` (after the last checkpoint when resuming),
+    write the run directory, and return the final x."""
     n = scenario.data.num_clients
     partitions = discover_partitions(grid, n)
     node_pid = {node: pid for pid, node in partitions.items()}
@@ -85,11 +96,22 @@ def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.nd
     evaluator = Evaluator(scenario)
     strategy = SERVER_HALVES.get(scenario.algorithm.name).strategy(scenario, partitions)
     codec = CODECS.get("fp32")
-    writer = MetricsWriter(out_dir)
-    arrays = codec.encode(evaluator.initial_params())
-    rows, clock, start = [], 0.0, time.perf_counter()
-    bar = tqdm(total=scenario.rounds, desc=scenario.name, disable=not sys.stderr.isatty())
-    for rnd in range(1, scenario.rounds + 1):
+    ck = load_checkpoint(out_dir) if resume else None
+    done = ck["round"] if ck else 0
+    writer = MetricsWriter(out_dir, resume_after=done)
+    arrays = codec.encode(ck["x"] if ck else evaluator.initial_params())
+    clock, start = (
+        (ck["clock"], time.perf_counter() - ck["wall_s"]) if ck else (0.0, time.perf_counter())
+    )
+    if ck:
+        strategy.load_state_dict(ck["strategy"])
+        for pid, state in (client_states(grid, partitions) or {}).items():
+            state.clear()
+            state.update(ck["clients"][pid])
+    bar = tqdm(
+        total=scenario.rounds, initial=done, desc=scenario.name, disable=not sys.stderr.isatty()
+    )
+    for rnd in range(done + 1, scenario.rounds + 1):
         strategy.eligible = np.flatnonzero(profiles.available(rnd, clock)).tolist()
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
         cohort = [m.metadata.dst_node_id for m in messages]
@@ -120,10 +142,21 @@ def run_experiment(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.nd
             "late": len(outcome.late),
         }
         writer.append(row)
-        rows.append(row)
+        if scenario.checkpoint_every and rnd % scenario.checkpoint_every == 0:
+            state = {"round": rnd, "clock": clock, "wall_s": row["wall_s"]}
+            save_checkpoint(
+                out_dir,
+                state
+                | {
+                    "x": codec.decode(arrays),
+                    "strategy": strategy.state_dict(),
+                    "clients": client_states(grid, partitions),
+                },
+            )
         bar.update()
         bar.set_postfix(loss=row["train_loss"], acc=row["eval_accuracy"])
     bar.close()
     x = np.array(codec.decode(arrays))
-    writer.finish(summarize(rows, scenario=scenario.name, runtime=scenario.runtime, d=x.size), x)
+    summary = summarize(writer.rows, scenario=scenario.name, runtime=scenario.runtime, d=x.size)
+    writer.finish(summary, x)
     return x

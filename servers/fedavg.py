@@ -85,6 +85,13 @@ class FedAvg(FlowerFedAvg):
         train = MessageType.TRAIN
         return [Message(content, dst_node_id=n, message_type=train) for n in self.cohort]
 
+    def state_dict(self) -> dict:
+        """Server-side state a checkpoint must keep (FedAvg has none beyond the model)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

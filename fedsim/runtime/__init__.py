@@ -29,8 +29,8 @@ def load_component(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def run_config(scenario: Scenario, out_dir: Path | str) -> dict[str, Any]:
-    return {"scenario-json": scenario.to_json(), "out-dir": str(out_dir)}
+def run_config(scenario: Scenario, out_dir: Path | str, resume: bool) -> dict[str, Any]:
+    return {"scenario-json": scenario.to_json(), "out-dir": str(out_dir), "resume": resume}
 
 
 def launch(
@@ -39,12 +39,14 @@ def launch(
     server_app: Any = None,
     client_app: Any = None,
     num_nodes: int | None = None,
+    resume: bool = False,
 ) -> None:
-    """Run `server_app` (default: fedsim's) with `client_app` on the scenario's runtime."""
+    """Run `server_app` (default: fedsim's) with `client_app` on the scenario's runtime;
+    `resume` continues the run in `out_dir` from its last checkpoint."""
     server_app = server_app or load_component(SERVER_APP)
     client_app = client_app or load_component(CLIENT_APP)
     num_nodes = num_nodes or scenario.data.num_clients
-    cfg = run_config(scenario, out_dir)
+    cfg = run_config(scenario, out_dir, resume)
     if scenario.runtime == "inprocess":
         grid = InProcessGrid(client_app, num_nodes)
         server_app(grid=grid, context=_server_context(grid.run.run_id, cfg))
