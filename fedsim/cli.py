@@ -19,11 +19,10 @@ EXIT_BAD_INPUT = 2
 
 def preflight(scenario: Scenario) -> None:
     """Checks that need the data: it loads, and the partitioner can split it."""
-    from fedsim.data import load_dataset, partition_indices
+    from fedsim.data import client_data
 
     try:
-        load_dataset(scenario.data, scenario.seed)
-        partition_indices(scenario.data, scenario.seed)
+        client_data(scenario.data, scenario.seed, 0)  # loads and partitions (or generates)
     except (ValueError, OSError) as e:
         raise ScenarioError(f"scenario.data: {e}") from None
 

@@ -58,7 +58,10 @@ def test_override_without_equals_is_an_error():
         (["model.name=resnet"], "scenario.model.name: 'resnet' is not one of"),
         (["runtime=ray"], "scenario.runtime: 'ray' is invalid"),
         (["device=tpu"], "scenario.device: 'tpu' is not 'cpu', 'cuda' or 'cuda:N'"),
-        (["colour=red"], "scenario.colour: unknown key (allowed: ['algorithm', 'checkpoint_every', 'data',"),
+        (
+            ["colour=red"],
+            "scenario.colour: unknown key (allowed: ['algorithm', 'checkpoint_every', 'data',",
+        ),
         (
             ["algorithm.lr=1"],
             "scenario.algorithm.lr: unknown key (allowed: ['batch_size', 'client_lr'",

@@ -150,27 +150,41 @@ def test_client_data_is_the_clients_rows_and_l2():
     assert client_data(DataConfig(), SEED, 0)[2] == 0.0
 
 
+def synthetic_clients(cfg: DataConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [client_data(cfg, SEED, k)[:2] for k in range(cfg.num_clients)]
+
+
 def test_synthetic_shapes_and_held_out_share():
-    ds = load_dataset(synthetic_config(dim=30, num_classes=5), SEED)
-    assert ds.x_train.shape[1] == ds.x_test.shape[1] == 30
-    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
-    assert ds.num_classes == 5 and ds.y_train.max() < 5
-    assert len(ds.client_splits) == 10
-    assert all(len(idx) >= 0.8 * 50 - 1 for idx in ds.client_splits)  # min_samples minus test
-    share = len(ds.y_test) / (len(ds.y_test) + len(ds.y_train))
-    assert share == pytest.approx(0.2, abs=0.02)
+    cfg = synthetic_config(dim=30, num_classes=5)
+    ds, clients = load_dataset(cfg, SEED), synthetic_clients(cfg)
+    assert ds.x_test.shape[1] == 30 and ds.num_classes == 5
+    for x, y in clients:
+        assert x.shape[1] == 30 and x.dtype == np.float32 and y.dtype == np.int64
+        assert len(y) >= 0.8 * 50 - 1 and y.max() < 5  # min_samples minus the held-out part
+    train = sum(len(y) for _, y in clients)
+    assert len(ds.y_test) / (len(ds.y_test) + train) == pytest.approx(0.2, abs=0.02)
+
+
+def test_synthetic_clients_are_generated_on_demand():
+    cfg = DataConfig(
+        dataset="synthetic", partitioner="natural", num_clients=10_000, options={"test_clients": 5}
+    )
+    ds = load_dataset(cfg, SEED)
+    assert len(ds.y_train) == 0 and len(ds.y_test) < 5 * 2000  # only 5 clients were made
+    x, y, _ = client_data(cfg, SEED, 9_999)
+    assert len(x) == len(y) > 0
+    np.testing.assert_array_equal(client_data(cfg, SEED, 9_999)[0], x)
 
 
 def test_synthetic_labels_are_linear_per_client_and_clients_differ():
-    ds = load_dataset(synthetic_config(max_samples=300), SEED)  # small clients: fast fits
-    splits = ds.client_splits
-    means = [ds.x_train[idx].mean(axis=0) for idx in splits]
+    clients = synthetic_clients(synthetic_config(max_samples=300))  # small clients: fast fits
+    means = [x.mean(axis=0) for x, _ in clients]
     assert min(np.linalg.norm(means[0] - m) for m in means[1:]) > 1.0
     # y = argmax(W_k x + b_k): a near-hard-margin linear classifier fits each client exactly.
-    for idx in splits:
-        if len(np.unique(ds.y_train[idx])) > 1:
-            clf = LogisticRegression(C=1e6, max_iter=10_000).fit(ds.x_train[idx], ds.y_train[idx])
-            assert clf.score(ds.x_train[idx], ds.y_train[idx]) == 1.0
+    for x, y in clients:
+        if len(np.unique(y)) > 1:
+            clf = LogisticRegression(C=1e6, max_iter=10_000).fit(x, y)
+            assert clf.score(x, y) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -178,9 +192,8 @@ def test_synthetic_labels_are_linear_per_client_and_clients_differ():
     [
         DataConfig(partitioner="dirichlet", alpha=0.3),
         logreg_config(),
-        synthetic_config(),
     ],
-    ids=["digits", "logreg", "synthetic"],
+    ids=["digits", "logreg"],
 )
 def test_loading_and_partitioning_are_deterministic(cfg):
     uncached_load, uncached_partition = load_dataset.__wrapped__, partition_indices.__wrapped__
@@ -195,6 +208,16 @@ def test_loading_and_partitioning_are_deterministic(cfg):
         assert not np.array_equal(partition_indices(cfg, SEED)[0], partition_indices(cfg, 99)[0])
     else:
         assert not np.array_equal(first.x_train, other.x_train)
+
+
+def test_synthetic_is_deterministic_per_seed():
+    cfg = synthetic_config()
+    first, again = load_dataset.__wrapped__(cfg, SEED), load_dataset.__wrapped__(cfg, SEED)
+    other = load_dataset.__wrapped__(cfg, SEED + 1)
+    np.testing.assert_array_equal(first.x_test, again.x_test)
+    for k in (0, 7):
+        np.testing.assert_array_equal(first.client(k)[0], again.client(k)[0])
+        assert not np.array_equal(first.client(k)[0], other.client(k)[0])
 
 
 def test_read_libsvm_matches_sklearn_on_w8a():

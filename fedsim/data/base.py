@@ -27,6 +27,9 @@ class Dataset:
     client_splits: list[np.ndarray] | None = None  # natural split: train indices per client
     client_l2: np.ndarray | None = None  # natural split: l2 coefficient per client (None: 0)
     meta: dict[str, Any] = field(default_factory=dict)
+    # lazily generated natural clients: client(k) -> (x, y) of client k's training data, made
+    # on demand so memory grows with the clients sampled, not the population (x_train is empty)
+    client: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)

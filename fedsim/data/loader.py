@@ -32,8 +32,10 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
 
 @_cached
 def partition_indices(cfg: DataConfig, seed: int) -> list[np.ndarray]:
-    """One sorted int64 index array into `x_train` per client."""
+    """One sorted int64 index array into `x_train` per client (datasets held in memory)."""
     dataset = load_dataset(cfg, seed)
+    if dataset.client is not None:
+        raise ValueError(f"{cfg.dataset!r} generates each client on demand: use client_data")
     if cfg.partitioner == "natural":
         return [np.asarray(idx, dtype=np.int64) for idx in dataset.client_splits]
     return partition_labels(dataset.y_train, cfg, seed)
@@ -44,6 +46,8 @@ def client_data(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Features, labels and l2 coefficient of one client (l2 is 0 without a natural split)."""
     dataset = load_dataset(cfg, seed)
-    idx = partition_indices(cfg, seed)[partition_id]
     l2 = 0.0 if dataset.client_l2 is None else float(dataset.client_l2[partition_id])
+    if dataset.client is not None:
+        return *dataset.client(partition_id), l2
+    idx = partition_indices(cfg, seed)[partition_id]
     return dataset.x_train[idx], dataset.y_train[idx], l2

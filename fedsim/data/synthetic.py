@@ -4,6 +4,8 @@ Client k draws u_k ~ N(0, alpha), W_k ~ N(u_k, 1) (classes x dim), b_k ~ N(u_k, 
 B_k ~ N(0, beta), v_k ~ N(B_k, 1) (dim), then x ~ N(v_k, Sigma) with Sigma_jj = j^-1.2 and
 y = argmax(W_k x + b_k) (softmax does not change the argmax). As in the paper's code, alpha and
 beta are standard deviations, and sample counts are lognormal(4, 2) plus `min_samples`.
+Each client is generated on demand from (seed, k), so 10,000 clients cost memory only for
+those sampled; the server's test split pools the held-out part of the first `test_clients`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from fedsim.data.base import DATASETS, Dataset, DatasetSpec
 from fedsim.data.config import DataConfig
+from fedsim.seeding import derive_seed
 
 
 class SyntheticOptions(BaseModel, extra="forbid"):
@@ -24,6 +27,7 @@ class SyntheticOptions(BaseModel, extra="forbid"):
     num_classes: int = Field(10, ge=2)
     min_samples: int = Field(50, ge=1)
     max_samples: int = Field(2000, ge=1)  # caps the lognormal's heavy tail
+    test_clients: int = Field(100, ge=1)  # clients whose held-out parts form the test split
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> SyntheticOptions:
@@ -39,30 +43,32 @@ def _client(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One client's inputs and labels."""
     u = rng.normal(0.0, o.alpha)
-    w = rng.normal(u, 1.0, (o.num_classes, o.dim))
-    b = rng.normal(u, 1.0, o.num_classes)
-    v = rng.normal(rng.normal(0.0, o.beta), 1.0, o.dim)
-    x = v + rng.standard_normal((size, o.dim)) * sigma
-    return x.astype(np.float32), np.argmax(x @ w.T + b, axis=1).astype(np.int64)
+    w = (u + rng.standard_normal((o.num_classes, o.dim), dtype=np.float32)).astype(np.float32)
+    b = (u + rng.standard_normal(o.num_classes, dtype=np.float32)).astype(np.float32)
+    v = rng.normal(rng.normal(0.0, o.beta), 1.0, o.dim).astype(np.float32)
+    x = v + rng.standard_normal((size, o.dim), dtype=np.float32) * sigma.astype(np.float32)
+    return x, np.argmax(x @ w.T + b, axis=1).astype(np.int64)
 
 
 def load(options: SyntheticOptions, cfg: DataConfig, seed: int) -> Dataset:
-    """Generate each client, moving `test_fraction` of its samples into the pooled test split."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.lognormal(4, 2, cfg.num_clients).astype(np.int64) + options.min_samples
-    sizes = np.minimum(sizes, options.max_samples)
+    """Clients made on demand; `test_fraction` of each client's samples is held out."""
     sigma = np.arange(1, options.dim + 1) ** -0.6  # standard deviations: sqrt(j^-1.2)
-    train, test = [], []
-    for size in sizes:
-        x, y = _client(rng, options, int(size), sigma)
-        cut = int(cfg.test_fraction * size)  # < size, so no client's train part is empty
-        test.append((x[:cut], y[:cut]))
-        train.append((x[cut:], y[cut:]))
-    x_train, y_train = (np.concatenate(part) for part in zip(*train, strict=True))
-    x_test, y_test = (np.concatenate(part) for part in zip(*test, strict=True))
-    bounds = np.cumsum([0, *(len(y) for _, y in train)])
-    splits = [np.arange(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    return Dataset(x_train, y_train, x_test, y_test, options.num_classes, splits)
+
+    def split(k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        rng = np.random.default_rng(derive_seed(seed, k))
+        size = min(int(rng.lognormal(4, 2)) + options.min_samples, options.max_samples)
+        x, y = _client(rng, options, size, sigma)
+        return x, y, int(cfg.test_fraction * size)  # cut < size: no empty training part
+
+    def client(k: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y, cut = split(k)
+        return x[cut:], y[cut:]
+
+    held_out = [split(k) for k in range(min(cfg.num_clients, options.test_clients))]
+    x_test = np.concatenate([x[:cut] for x, _, cut in held_out])
+    y_test = np.concatenate([y[:cut] for _, y, cut in held_out])
+    empty_x, empty_y = np.empty((0, options.dim), np.float32), np.empty(0, np.int64)
+    return Dataset(empty_x, empty_y, x_test, y_test, options.num_classes, client=client)
 
 
 DATASETS.register(
