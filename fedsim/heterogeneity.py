@@ -105,9 +105,10 @@ class SystemConfig(BaseModel):
     latency_s: Quantity = Field(0.05, description="fixed per-round delay, seconds")
     availability: Availability = Field(default_factory=Availability)
     failures: Failures = Field(default_factory=Failures)
-    policy: Literal["wait_all", "deadline", "overcommit"] = "wait_all"
+    policy: Literal["wait_all", "deadline", "overcommit", "fedbuff"] = "wait_all"
     deadline_s: float = Field(math.inf, gt=0, description="deadline policy: later replies drop")
     overcommit: float = Field(0.0, ge=0, description="overcommit: invite ceil(k (1 + o))")
+    buffer_k: int = Field(10, ge=1, description="fedbuff: server update every K arrivals")
     timeout_s: float = Field(3600.0, gt=0, description="a client silent this long has failed")
     idle_s: float = Field(60.0, gt=0, description="clock advance of a round nobody could join")
 

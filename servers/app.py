@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim.config import Scenario, load_scenario, parse_scenario_json
 
 from .experiment import run_experiment
+from .fedbuff import run_fedbuff
 
 app = ServerApp()
 
@@ -30,4 +31,10 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     scenario = scenario_from_run_config(context.run_config)
     out_dir = str(context.run_config.get("out-dir", "runs/flwr"))
-    run_experiment(grid, scenario, out_dir, resume=bool(context.run_config.get("resume", False)))
+    resume = bool(context.run_config.get("resume", False))
+    if scenario.system.policy != "fedbuff":
+        run_experiment(grid, scenario, out_dir, resume=resume)
+    elif resume:
+        raise ValueError("resume: asynchronous (fedbuff) runs keep no checkpoints")
+    else:
+        run_fedbuff(grid, scenario, out_dir)
