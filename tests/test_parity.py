@@ -13,8 +13,9 @@ from .conftest import small_scenario
 
 @pytest.mark.slow
 def test_inprocess_and_simulation_give_the_same_model(tmp_path):
-    # client sampling (fraction 0.5) makes this check the partition discovery too
-    base = dict(rounds=3, algorithm__fraction=0.5)
+    # client sampling (fraction 0.5) checks the partition discovery too, and an injected
+    # raise checks that both engines turn a failing ClientApp into an error reply
+    base = dict(rounds=3, algorithm__fraction=0.5, system__failures={"raise_p": 0.3})
     launch(small_scenario(**base), tmp_path / "inprocess")
     launch(small_scenario(**base, runtime="simulation"), tmp_path / "simulation")
     a = np.load(tmp_path / "inprocess/final_model.npy")
