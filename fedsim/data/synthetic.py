@@ -42,17 +42,19 @@ def _client(
     rng: np.random.Generator, o: SyntheticOptions, size: int, sigma: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """One client's inputs and labels."""
-    u = rng.normal(0.0, o.alpha)
-    w = (u + rng.standard_normal((o.num_classes, o.dim), dtype=np.float32)).astype(np.float32)
-    b = (u + rng.standard_normal(o.num_classes, dtype=np.float32)).astype(np.float32)
+    u = rng.normal(0.0, o.alpha)  # a Python float: adding it keeps float32
+    w = u + rng.standard_normal((o.num_classes, o.dim), dtype=np.float32)
+    b = u + rng.standard_normal(o.num_classes, dtype=np.float32)
     v = rng.normal(rng.normal(0.0, o.beta), 1.0, o.dim).astype(np.float32)
-    x = v + rng.standard_normal((size, o.dim), dtype=np.float32) * sigma.astype(np.float32)
-    return x, np.argmax(x @ w.T + b, axis=1).astype(np.int64)
+    x = rng.standard_normal((size, o.dim), dtype=np.float32)
+    x *= sigma
+    x += v
+    return x, np.argmax(x @ w.T + b, axis=1)
 
 
 def load(options: SyntheticOptions, cfg: DataConfig, seed: int) -> Dataset:
     """Clients made on demand; `test_fraction` of each client's samples is held out."""
-    sigma = np.arange(1, options.dim + 1) ** -0.6  # standard deviations: sqrt(j^-1.2)
+    sigma = (np.arange(1, options.dim + 1) ** -0.6).astype(np.float32)  # sqrt(j^-1.2)
 
     def split(k: int) -> tuple[np.ndarray, np.ndarray, int]:
         rng = np.random.default_rng(derive_seed(seed, k))
