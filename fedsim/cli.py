@@ -1,4 +1,4 @@
-"""`fedsim run | plot | list`.
+"""`fedsim run | sweep | report | plot | list`.
 
 Bad input exits with code 2 and one line naming the key, the value and what is
 allowed, before any run directory exists.
@@ -75,6 +75,28 @@ def report(out: Path) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim.report import write_report
+    from fedsim.sweep import read_sweep, run_sweep
+
+    cfg, _ = read_sweep(args.sweep_file)
+    out = Path(args.out or f"runs/sweeps/{cfg.name}")
+    run_sweep(args.sweep_file, out, jobs=args.jobs)
+    command = " ".join(["fedsim sweep", args.sweep_file, f"--jobs {args.jobs}"])
+    print(write_report(out, command))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedsim.report import write_report
+    from fedsim.sweep import SWEEP_RECORD
+
+    if not (Path(args.sweep_dir) / SWEEP_RECORD).is_file():
+        raise ScenarioError(f"sweep_dir: {args.sweep_dir!r} has no {SWEEP_RECORD}")
+    print(write_report(Path(args.sweep_dir)))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from fedsim.plots import plot_run
 
@@ -121,6 +143,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.set_defaults(fn=cmd_run)
+    sweep = sub.add_parser("sweep", help="run a sweep file: axes x seeds, one run per point")
+    sweep.add_argument("sweep_file")
+    sweep.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
+    sweep.add_argument("--jobs", type=int, default=1, help="worker processes")
+    sweep.set_defaults(fn=cmd_sweep)
+    report = sub.add_parser("report", help="sweep.csv and report.md of a sweep directory")
+    report.add_argument("sweep_dir")
+    report.set_defaults(fn=cmd_report)
     plot = sub.add_parser("plot", help="PNG plots of a run's metrics")
     plot.add_argument("run_dir")
     plot.set_defaults(fn=cmd_plot)

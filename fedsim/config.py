@@ -129,6 +129,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = text.strip()
+    set_key(raw, key, value)
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw["a"]["b"]["c"] = value for key "a.b.c", creating tables on the way."""
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:

@@ -1,0 +1,194 @@
+"""`fedsim sweep SWEEP.toml`: a base scenario crossed with axes and seeds, one run per point.
+
+A sweep file names a base scenario, axes and seeds:
+
+    base = "quickstart.toml"        # relative to the sweep file
+    seeds = [0, 1, 2]
+    target = { metric = "eval_accuracy", value = 0.9 }   # optional: rounds-to-target
+    [[axes]]                        # one key ...
+    key = "data.alpha"
+    values = [0.1, 1.0]
+    [[axes]]                        # ... or several keys zipped: the i-th values go together
+    keys = ["algorithm.name", "algorithm.client_lr"]
+    values = [["fedavg", 0.3], ["local_sgd", 0.1]]
+
+Axes are crossed with each other. Every (point, seed) scenario is validated before
+anything runs. Each run gets its own run directory under SWEEP_DIR/points/; a run with
+a summary.json is done and skipped when the sweep is run again, and one with a
+checkpoint resumes, so a killed sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tomllib
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tqdm import tqdm
+
+from fedsim.config import Scenario, ScenarioError, load_scenario, set_key
+from fedsim.results import CHECKPOINT, SUMMARY, create_run_dir
+
+ERROR, SWEEP_RECORD = "error.txt", "sweep.json"
+
+
+class Axis(BaseModel):
+    """One axis: a key and its values, or keys zipped with rows of values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = None
+    keys: list[str] | None = None
+    values: list[Any] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Axis:
+        if (self.key is None) == (self.keys is None):
+            raise ValueError("give either key or keys")
+        if self.keys is not None:
+            bad = [v for v in self.values if not isinstance(v, list) or len(v) != len(self.keys)]
+            if bad:
+                raise ValueError(f"every value must be a list of {len(self.keys)}: {bad[0]!r}")
+        return self
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The axis's positions, each a {key: value} dict."""
+        if self.key is not None:
+            return [{self.key: v} for v in self.values]
+        return [dict(zip(self.keys, row, strict=True)) for row in self.values]
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    value: float
+    mode: str = Field("max", pattern="^(max|min)$", description="max: reach >= value")
+
+
+class SweepConfig(BaseModel):
+    """A sweep file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sweep"
+    base: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    runtime: str | None = None
+    target: Target | None = None
+    axes: list[Axis] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (point, seed) of a sweep."""
+
+    point: int
+    setting: dict[str, Any]
+    seed: int
+    scenario: Scenario
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.setting.items()) or "base"
+
+    def directory(self, sweep_dir: Path) -> Path:
+        return sweep_dir / "points" / f"{self.point:03d}" / f"seed{self.seed}"
+
+
+def grid(axes: list[Axis]) -> list[dict[str, Any]]:
+    """All points: the axes crossed, each axis's keys zipped."""
+    points = []
+    for combo in itertools.product(*(a.settings() for a in axes)):
+        merged: dict[str, Any] = {}
+        for part in combo:
+            merged.update(part)
+        points.append(merged)
+    return points
+
+
+def read_sweep(path: Path | str) -> tuple[SweepConfig, dict[str, Any]]:
+    """The validated sweep file and its base scenario as a raw dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"sweep: {str(path)!r} is not a file")
+    try:
+        cfg = SweepConfig.model_validate(tomllib.loads(path.read_text()))
+    except (tomllib.TOMLDecodeError, ValidationError) as e:
+        first = str(e).splitlines()
+        raise ScenarioError(f"sweep: {str(path)!r} is invalid: {' '.join(first[:3])}") from None
+    base = path.parent / cfg.base
+    if not base.is_file():
+        raise ScenarioError(f"sweep.base: {cfg.base!r} is not a file next to the sweep")
+    return cfg, tomllib.loads(base.read_text())
+
+
+def plan(cfg: SweepConfig, base: dict[str, Any]) -> list[Run]:
+    """Every (point, seed) as a validated scenario; the first bad one stops the sweep."""
+    runs = []
+    for i, setting in enumerate(grid(cfg.axes)):
+        for seed in cfg.seeds:
+            raw = json.loads(json.dumps(base))
+            for key, value in {**setting, "seed": seed}.items():
+                set_key(raw, key, value)
+            if cfg.runtime:
+                raw["runtime"] = cfg.runtime
+            try:
+                scenario = load_scenario(raw)
+            except ScenarioError as e:
+                label = ", ".join(f"{k}={v!r}" for k, v in setting.items())
+                raise ScenarioError(f"sweep point {i} ({label}): {e}") from None
+            runs.append(Run(i, setting, seed, scenario))
+    return runs
+
+
+def _run_one(run: Run, out: Path, threads: int) -> tuple[Run, str | None]:
+    """Run (or resume) one point in a worker process; a failure is recorded, not raised."""
+    import torch
+
+    from fedsim.runtime import launch
+
+    torch.set_num_threads(threads)
+    try:
+        if (out / CHECKPOINT).is_file():
+            launch(run.scenario, out, resume=True)
+        else:
+            create_run_dir(out, run.scenario.to_toml(), overwrite=True)
+            launch(run.scenario, out)
+        return run, None
+    except Exception as e:  # a failed point must not stop the others
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ERROR).write_text(traceback.format_exc())
+        return run, f"{type(e).__name__}: {e}"
+
+
+def run_sweep(path: Path | str, sweep_dir: Path | str, jobs: int = 1) -> list[Run]:
+    """Run every pending point of the sweep file into `sweep_dir`; return the runs."""
+    cfg, base = read_sweep(path)
+    runs = plan(cfg, base)  # validated before anything is created
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    record = {"config": cfg.model_dump(exclude_none=True), "points": {}}
+    for r in runs:
+        record["points"][str(r.point)] = r.setting
+    (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=1))
+    pending = [r for r in runs if not (r.directory(sweep_dir) / SUMMARY).is_file()]
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc=cfg.name, unit="run")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_one, r, r.directory(sweep_dir), threads) for r in pending]
+        for future in as_completed(futures):
+            run, error = future.result()
+            if error:
+                tqdm.write(f"failed: point {run.point} ({run.label}) seed {run.seed}: {error}")
+            bar.update()
+    bar.close()
+    return runs
