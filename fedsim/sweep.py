@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import tomllib
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -182,7 +183,13 @@ def run_sweep(path: Path | str, sweep_dir: Path | str, jobs: int = 1) -> list[Ru
     (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=1))
     pending = [r for r in runs if not (r.directory(sweep_dir) / SUMMARY).is_file()]
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc=cfg.name, unit="run")
+    bar = tqdm(
+        total=len(runs),
+        initial=len(runs) - len(pending),
+        desc=cfg.name,
+        unit="run",
+        disable=not sys.stderr.isatty(),
+    )
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_run_one, r, r.directory(sweep_dir), threads) for r in pending]
         for future in as_completed(futures):
