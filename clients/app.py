@@ -45,6 +45,7 @@ def train(msg: Message, context: Context) -> Message:
     received = CODECS.get("fp32").decode(msg.content["arrays"])
     job = ClientJob(
         round=rnd,
+        partition_id=pid,
         spec=spec,
         objective=objective,
         received=received,

@@ -150,6 +150,7 @@ class ClientJob:
     """Everything one client half gets for one round."""
 
     round: int
+    partition_id: int
     spec: RoundSpec
     objective: LocalObjective
     received: np.ndarray  # the model as received (read-only)

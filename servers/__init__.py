@@ -1,3 +1,3 @@
 """Server halves of the algorithms (Flower strategies) and the ServerApp."""
 
-from . import fedavg  # noqa: F401  (registers fedavg, local_sgd)
+from . import fedavg, proxskip  # noqa: F401  (register their methods)

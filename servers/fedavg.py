@@ -63,6 +63,7 @@ class FedAvg(FlowerFedAvg):
             min_available_nodes=len(partitions),
         )
         self.scenario, self.partitions = scenario, partitions
+        self.server_lr = getattr(p, "server_lr", 1.0)
         self.spec = client_spec(scenario)
         self.codec = CODECS.get("fp32")
         self.x: np.ndarray | None = None
@@ -80,10 +81,19 @@ class FedAvg(FlowerFedAvg):
         invite = min(len(self.eligible), invitations(s.system, self.target))
         cohort = sample_partitions(self.eligible, invite, s.seed, server_round)
         self.cohort = [self.partitions[pid] for pid in cohort]
-        config = ConfigRecord({**config, "server-round": server_round, "spec": self.spec})
+        extra = self.round_config(server_round)
+        config = ConfigRecord({**config, **extra, "server-round": server_round, "spec": self.spec})
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         train = MessageType.TRAIN
         return [Message(content, dst_node_id=n, message_type=train) for n in self.cohort]
+
+    def round_config(self, server_round: int) -> dict:
+        """Method-specific entries of the round's config (shared by the whole cohort)."""
+        return {}
+
+    def weight(self, metrics: MetricRecord) -> float:
+        """A reply's weight in the average: its example count (FedAvg)."""
+        return float(metrics["num-examples"])
 
     def state_dict(self) -> dict:
         """Server-side state a checkpoint must keep (FedAvg has none beyond the model)."""
@@ -107,11 +117,11 @@ class FedAvg(FlowerFedAvg):
             if msg.has_error():
                 continue
             m = msg.content["metrics"]
-            deltas.add(self.codec.decode(msg.content["arrays"]), float(m["num-examples"]))
+            deltas.add(self.codec.decode(msg.content["arrays"]), self.weight(m))
             metrics.add(m)
         if not deltas.weight:
             return None, None
-        x = self.x - np.float32(self.scenario.algorithm.server_lr) * deltas.mean()
+        x = self.x - np.float32(self.server_lr) * deltas.mean()
         return self.codec.encode(x), metrics.record()
 
 

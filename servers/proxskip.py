@@ -1,0 +1,66 @@
+"""ProxSkip / Scaffnew and GradSkip, server half (ALGORITHMS.md sections 3 and 4).
+
+Each round the server draws K ~ Geometric(p) from (seed, round): every client runs K
+local iterations, the last ending in the communication. Clients send
+x_hat_i - (gamma/p) h_i (as a delta from x) and the server takes their plain mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import MetricRecord
+from pydantic import Field, field_validator
+
+from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
+from fedsim.seeding import derive_seed
+
+from .fedavg import FedAvg
+
+COIN_STREAM = 31
+
+
+class ProxSkipParams(AlgorithmParams):
+    """gamma (client_lr), the communication probability p, and GradSkip's q_i."""
+
+    p: float = Field(0.1, gt=0, le=1, description="probability of communicating per iteration")
+    client_lr: float = Field(0.1, gt=0, description="gamma")
+    batch_size: int = Field(0, ge=0, description="0: full gradients")
+    q: float | list[float] = Field(1.0, description="GradSkip: P(keep computing); 1 = ProxSkip")
+
+    @field_validator("q")
+    @classmethod
+    def _probabilities(cls, v: float | list[float]) -> float | list[float]:
+        if any(not 0 < x <= 1 for x in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"{v} must lie in (0, 1]")
+        return v
+
+
+def round_length(p: float, seed: int, server_round: int) -> int:
+    """K ~ Geometric(p) on {1, 2, ...}: iterations until the shared coin says communicate."""
+    return int(np.random.default_rng(derive_seed(seed, server_round, COIN_STREAM)).geometric(p))
+
+
+class ProxSkip(FedAvg):
+    """FedAvg's sampling and running sum with uniform weights, eta_s = 1 and the shared K."""
+
+    def __init__(self, scenario, partitions) -> None:
+        super().__init__(scenario, partitions)
+        self.server_lr = 1.0
+        q = scenario.algorithm.q
+        self.q = q if isinstance(q, list) else [q] * len(partitions)
+        if len(self.q) != len(partitions):
+            raise ValueError(f"algorithm.q: needs one value per client ({len(partitions)})")
+
+    def round_config(self, server_round: int) -> dict:
+        p, seed = self.scenario.algorithm.p, self.scenario.seed
+        return {"local_steps": round_length(p, seed, server_round), "q": self.q}
+
+    def weight(self, metrics: MetricRecord) -> float:
+        return 1.0  # the consensus average is over clients, not examples
+
+
+for _name, _doc in (
+    ("proxskip", "ProxSkip / Scaffnew: K ~ Geom(p) local steps, control variates"),
+    ("gradskip", "GradSkip: ProxSkip where client i stops computing w.p. 1 - q_i"),
+):
+    SERVER_HALVES.register(_name, ServerHalf(ProxSkipParams, ProxSkip, _doc), _doc)

@@ -1,0 +1,118 @@
+"""ProxSkip / GradSkip against a NumPy implementation of ALGORITHMS.md's update rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.clients.app import app as client_app
+from fedsim.codecs import unpack
+from fedsim.config import load_scenario
+from fedsim.data import client_data, load_dataset
+from fedsim.results import read_metrics
+from fedsim.runtime import launch
+from fedsim.runtime.inprocess import InProcessGrid
+from fedsim.servers.evaluate import Evaluator
+from fedsim.servers.experiment import run_experiment
+from fedsim.servers.proxskip import round_length
+
+N = 4
+
+
+def scenario(name="proxskip", rounds=12, p=0.3, **alg):
+    raw = {
+        "seed": 5,
+        "rounds": rounds,
+        "data": {
+            "dataset": "logreg",
+            "num_clients": N,
+            "partitioner": "natural",
+            "options": {"dim": 6, "samples_per_client": 30, "kappa": [5.0, 20.0, 10.0, 40.0]},
+        },
+        "model": {"name": "logreg", "bias": False},
+        "algorithm": {"name": name, "p": p, **alg},
+    }
+    s = load_scenario(raw)
+    gamma = 1.0 / max(load_dataset(s.data, s.seed).meta["L"])
+    return load_scenario(raw | {"algorithm": raw["algorithm"] | {"client_lr": gamma}})
+
+
+def numpy_proxskip(s, rounds):
+    """The iteration form of ALGORITHMS.md section 3, float64, full gradients."""
+    parts = [client_data(s.data, s.seed, i) for i in range(N)]
+
+    def grad(i, x):
+        a, y, l2 = parts[i]
+        a, sign = a.astype(np.float64), 2.0 * y - 1.0
+        return -(a.T @ (sign / (1.0 + np.exp(sign * (a @ x))))) / len(y) + l2 * x
+
+    gamma, p = s.algorithm.client_lr, s.algorithm.p
+    x0 = Evaluator(s).initial_params().astype(np.float64)
+    xs, h = [x0.copy() for _ in range(N)], [np.zeros_like(x0) for _ in range(N)]
+    for r in range(1, rounds + 1):
+        k = round_length(p, s.seed, r)
+        for t in range(1, k + 1):
+            x_hat = [xs[i] - gamma * (grad(i, xs[i]) - h[i]) for i in range(N)]
+            if t == k:  # the shared coin says communicate
+                avg = np.mean([x_hat[i] - (gamma / p) * h[i] for i in range(N)], axis=0)
+                xs = [avg.copy() for _ in range(N)]
+            else:
+                xs = x_hat
+            h = [h[i] + (p / gamma) * (xs[i] - x_hat[i]) for i in range(N)]
+    return xs[0], h
+
+
+def test_proxskip_matches_the_update_rules(tmp_path):
+    s = scenario(rounds=12)
+    launch(s, tmp_path)
+    x_ref, _ = numpy_proxskip(s, 12)
+    np.testing.assert_allclose(np.load(tmp_path / "final_model.npy"), x_ref, rtol=1e-4, atol=1e-6)
+    rows = read_metrics(tmp_path)
+    assert [r["grad_evals"] for r in rows] == [N * round_length(0.3, 5, r) for r in range(1, 13)]
+
+
+def test_control_variates_sum_to_zero_with_full_participation(tmp_path):
+    s = scenario(rounds=8)
+    grid = InProcessGrid(client_app, N)
+    x = run_experiment(grid, s, tmp_path).astype(np.float64)
+    # a client applies the last update h += (p/gamma)(x - x_hat) when the next model arrives
+    p_over_gamma = s.algorithm.p / s.algorithm.client_lr
+    hs = []
+    for c in grid.contexts.values():
+        state = c.state["proxskip"]
+        h, x_hat = (unpack(state[k]).astype(np.float64) for k in ("h", "x_hat"))
+        hs.append(h + p_over_gamma * (x - x_hat))
+    assert np.abs(sum(hs)).max() <= 1e-4 * max(np.abs(h).max() for h in hs)
+    assert max(np.abs(h).max() for h in hs) > 1e-3  # they are not all zero
+    _, h_ref = numpy_proxskip(s, 8)  # and they are the reference's control variates
+    for h, ref in zip(hs, h_ref, strict=True):
+        np.testing.assert_allclose(h, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_gradskip_with_q_one_is_proxskip_exactly(tmp_path):
+    launch(scenario("proxskip"), tmp_path / "p")
+    launch(scenario("gradskip", q=1.0), tmp_path / "g")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "p")) == strip(read_metrics(tmp_path / "g"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "p/final_model.npy"), np.load(tmp_path / "g/final_model.npy")
+    )
+
+
+def test_gradskip_skips_gradients_but_keeps_converging(tmp_path):
+    rounds = 40
+    launch(scenario("proxskip", rounds=rounds), tmp_path / "p")
+    launch(scenario("gradskip", rounds=rounds, q=[0.2, 1.0, 0.5, 1.0]), tmp_path / "g")
+    p_rows, g_rows = read_metrics(tmp_path / "p"), read_metrics(tmp_path / "g")
+    assert sum(r["grad_evals"] for r in g_rows) < 0.9 * sum(r["grad_evals"] for r in p_rows)
+    start = p_rows[0]["dist_to_opt"]
+    assert g_rows[-1]["dist_to_opt"] < 1e-3 * start
+
+
+def test_q_must_be_a_probability():
+    from fedsim.config import ScenarioError
+
+    with pytest.raises(
+        ScenarioError, match=r"scenario.algorithm.q: \[0.5, 1.5, 1.0, 1.0\] must lie in"
+    ):
+        scenario("gradskip", q=[0.5, 1.5, 1.0, 1.0])
