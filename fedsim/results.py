@@ -28,6 +28,7 @@ ROW_KEYS = (
     "clients",
 )
 METRICS, SUMMARY, CONFIG, MODEL = "metrics.jsonl", "summary.json", "config.toml", "final_model.npy"
+CLIENTS = "clients.jsonl"  # one row per client per round: the per-client breakdown
 CHECKPOINT = "checkpoint.pkl"
 
 
@@ -52,11 +53,16 @@ class MetricsWriter:
     def __init__(self, path: Path | str, resume_after: int = 0) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_rows(self.path / METRICS) if r["round"] <= resume_after]
-        (self.path / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.rows = kept
+        for name in (METRICS, CLIENTS):
+            kept = [r for r in read_rows(self.path / name) if r["round"] <= resume_after]
+            (self.path / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.rows = read_rows(self.path / METRICS)
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any], clients: list[dict[str, Any]] = ()) -> None:
+        """A round's row, and its per-client rows."""
+        if clients:
+            with open(self.path / CLIENTS, "a") as f:
+                f.writelines(json.dumps(c) + "\n" for c in clients)
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
         self.rows.append(row)
@@ -66,9 +72,9 @@ class MetricsWriter:
         (self.path / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def read_metrics(path: Path | str) -> list[dict[str, Any]]:
-    """The rows of a run's metrics.jsonl."""
-    with open(Path(path) / METRICS) as f:
+def read_metrics(path: Path | str, name: str = METRICS) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (or clients.jsonl)."""
+    with open(Path(path) / name) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

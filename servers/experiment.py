@@ -46,6 +46,7 @@ class Tally:
     down: dict[int, int]
     times: dict[int, float] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)
+    clients: dict[int, dict] = field(default_factory=dict)  # per-client rows, by node
     errors: int = 0
     vanished: int = 0
 
@@ -59,15 +60,23 @@ class Tally:
                 continue
             pid = self.node_pid[node]
             fate = self.profiles.failure(self.server_round, pid)
+            m = msg.content["metrics"]
+            self.clients[node] = {
+                "round": self.server_round,
+                "partition": pid,
+                "grad_evals": int(m["grad_evals"]),
+                "work": int(m["work"]),
+                "fate": fate or "arrived",
+            }
             if fate in ("timeout", "vanish"):  # hung, or the reply was lost: never arrives
                 self.times[node] = math.inf
                 self.vanished += fate == "vanish"
                 continue
-            work = float(msg.content["metrics"]["work"])
             self.bytes_up[node] = payload_bytes(msg)
             self.times[node] = self.profiles.round_time(
-                pid, self.down[node], work, self.bytes_up[node]
+                pid, self.down[node], float(m["work"]), self.bytes_up[node]
             )
+            self.clients[node]["time_s"] = self.times[node]
             if cfg.policy == "overcommit":
                 held[node] = msg
             elif on_time(cfg, self.times[node]):
@@ -141,7 +150,9 @@ def run_experiment(
             "dropouts": tally.vanished,
             "late": len(outcome.late),
         }
-        writer.append(row)
+        for node in outcome.late:
+            tally.clients[node]["fate"] = "late"
+        writer.append(row, [tally.clients[n] for n in cohort if n in tally.clients])
         if scenario.checkpoint_every and rnd % scenario.checkpoint_every == 0:
             state = {"round": rnd, "clock": clock, "wall_s": row["wall_s"]}
             save_checkpoint(

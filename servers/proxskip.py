@@ -7,11 +7,14 @@ x_hat_i - (gamma/p) h_i (as a delta from x) and the server takes their plain mea
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from flwr.app import MetricRecord
 from pydantic import Field, field_validator
 
 from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
+from fedsim.data import load_dataset
 from fedsim.seeding import derive_seed
 
 from .fedavg import FedAvg
@@ -25,11 +28,15 @@ class ProxSkipParams(AlgorithmParams):
     p: float = Field(0.1, gt=0, le=1, description="probability of communicating per iteration")
     client_lr: float = Field(0.1, gt=0, description="gamma")
     batch_size: int = Field(0, ge=0, description="0: full gradients")
-    q: float | list[float] = Field(1.0, description="GradSkip: P(keep computing); 1 = ProxSkip")
+    q: float | list[float] | Literal["theory"] = Field(
+        1.0, description="GradSkip: P(keep computing); 1 = ProxSkip; 'theory' from kappa_i"
+    )
 
     @field_validator("q")
     @classmethod
-    def _probabilities(cls, v: float | list[float]) -> float | list[float]:
+    def _probabilities(cls, v: float | list[float] | str) -> float | list[float] | str:
+        if v == "theory":
+            return v
         if any(not 0 < x <= 1 for x in (v if isinstance(v, list) else [v])):
             raise ValueError(f"{v} must lie in (0, 1]")
         return v
@@ -40,6 +47,14 @@ def round_length(p: float, seed: int, server_round: int) -> int:
     return int(np.random.default_rng(derive_seed(seed, server_round, COIN_STREAM)).geometric(p))
 
 
+def theory_q(kappas: list[float] | None) -> list[float]:
+    """GradSkip's q_i = (1 - 1/kappa_i) / (1 - 1/kappa_max): well-conditioned clients skip more."""
+    if not kappas:
+        raise ValueError("algorithm.q: 'theory' needs a dataset with per-client kappa (logreg)")
+    k_max = max(kappas)
+    return [(1 - 1 / k) / (1 - 1 / k_max) for k in kappas]
+
+
 class ProxSkip(FedAvg):
     """FedAvg's sampling and running sum with uniform weights, eta_s = 1 and the shared K."""
 
@@ -47,6 +62,8 @@ class ProxSkip(FedAvg):
         super().__init__(scenario, partitions)
         self.server_lr = 1.0
         q = scenario.algorithm.q
+        if q == "theory":
+            q = theory_q(load_dataset(scenario.data, scenario.seed).meta.get("kappa"))
         self.q = q if isinstance(q, list) else [q] * len(partitions)
         if len(self.q) != len(partitions):
             raise ValueError(f"algorithm.q: needs one value per client ({len(partitions)})")

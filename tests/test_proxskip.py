@@ -109,6 +109,28 @@ def test_gradskip_skips_gradients_but_keeps_converging(tmp_path):
     assert g_rows[-1]["dist_to_opt"] < 1e-3 * start
 
 
+def test_gradskip_gradient_counts_match_the_theory(tmp_path):
+    """Client i computes min(K, K_i) gradients a round, K_i ~ Geometric(1 - q_i): on average
+    1 / (1 - q_i (1 - p)), and (1 - q_i^K) / (1 - q_i) given the round's shared K."""
+    p, rounds = 0.1, 600
+    s = scenario("gradskip", rounds=rounds, p=p, q="theory")
+    launch(s, tmp_path)
+    kappas = load_dataset(s.data, s.seed).meta["kappa"]
+    q = [(1 - 1 / k) / (1 - 1 / max(kappas)) for k in kappas]
+    ks = np.array([round_length(p, s.seed, r) for r in range(1, rounds + 1)])
+    per_client = read_metrics(tmp_path, "clients.jsonl")
+    assert len(per_client) == rounds * N
+    for i in range(N):
+        counts = [c["grad_evals"] for c in per_client if c["partition"] == i]
+        if q[i] == 1.0:  # the ill-conditioned client computes like ProxSkip: every iteration
+            assert counts == ks.tolist()
+            continue
+        given_k = np.mean((1 - q[i] ** ks) / (1 - q[i]))
+        assert np.mean(counts) == pytest.approx(given_k, rel=0.05)
+        # the unconditional expectation, up to the shared coin's sampling noise
+        assert np.mean(counts) == pytest.approx(1 / (1 - q[i] * (1 - p)), rel=0.15)
+
+
 def test_q_must_be_a_probability():
     from fedsim.config import ScenarioError
 
