@@ -12,24 +12,33 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsim.algorithms import CLIENT_HALVES
 from fedsim.codecs import CODECS, pack, unpack
 
 from .training import ClientJob, ClientUpdate, minibatches
 
-STATE = "proxskip"
+STATE, ROUND = "proxskip", "proxskip-round"
 
 
 def control_variate(job: ClientJob) -> torch.Tensor:
-    """h_i after applying the update h_i += (p/gamma)(x - x_hat_i) for the average just received."""
+    """h_i, updated by (p/gamma)(x - x_hat_i) if the average just received used our x_hat_i.
+
+    Otherwise (our round was void, see fedsim.servers.proxskip) x_hat_i is discarded and
+    h_i stays as it was.
+    """
     saved = job.state.get(STATE)
     if saved is None:
         return torch.zeros_like(job.x)
     h = torch.from_numpy(np.array(unpack(saved["h"]))).to(job.x.device)
-    x_hat = torch.from_numpy(np.array(unpack(saved["x_hat"]))).to(job.x.device)
-    return h.add_(job.x - x_hat, alpha=job.params.p / job.params.client_lr)
+    last_round = int(job.state[ROUND]["round"])
+    applied = int(job.config["last-applied"])
+    averaged = last_round == applied and job.partition_id in job.config["aggregated"]
+    if averaged:
+        x_hat = torch.from_numpy(np.array(unpack(saved["x_hat"]))).to(job.x.device)
+        h.add_(job.x - x_hat, alpha=job.params.p / job.params.client_lr)
+    return h
 
 
 def proxskip(job: ClientJob) -> ClientUpdate:
@@ -53,6 +62,7 @@ def proxskip(job: ClientJob) -> ClientUpdate:
     x_hat = job.x.cpu().numpy().copy()
     h_np = h.cpu().numpy()
     job.state[STATE] = ArrayRecord({"h": pack(h_np), "x_hat": pack(x_hat)})
+    job.state[ROUND] = ConfigRecord({"round": job.round})
     sent = x_hat - (gamma / p.p) * h_np  # the server averages these
     delta = job.received - sent
     return ClientUpdate(CODECS.get("fp32").encode(delta), total / max(computed, 1), computed, work)

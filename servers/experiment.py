@@ -130,7 +130,8 @@ def run_experiment(
         new_arrays, agg = strategy.aggregate_train(rnd, replies)
         for _ in replies:  # a strategy may stop early; the rest still count
             pass
-        arrays = arrays if new_arrays is None else new_arrays
+        updated = new_arrays is not None
+        arrays = new_arrays if updated else arrays
         outcome = settle(scenario.system, tally.times, cohort, strategy.target)
         clock += outcome.duration if messages else scenario.system.idle_s
         row = {
@@ -140,6 +141,7 @@ def run_experiment(
             "bytes_up": sum(tally.bytes_up.values()),
             "bytes_down": sum(down.values()),
             "grad_evals": 0 if agg is None else int(agg["grad_evals"]),
+            "updated": updated,
             "sim_time_s": clock,
             "wall_s": time.perf_counter() - start,
             "clients": len(outcome.kept),

@@ -69,6 +69,8 @@ class FedAvg(FlowerFedAvg):
         self.x: np.ndarray | None = None
         self.eligible = list(partitions)  # available partitions; the round loop updates it
         self.cohort: list[int] = []  # node ids invited this round, in partition order
+        self.aggregated: list[int] = []  # partitions the last applied average used
+        self.last_applied = 0  # the round of that average
         self.target = 0  # replies the round needs (fewer than invited under overcommit)
 
     def configure_train(
@@ -96,11 +98,12 @@ class FedAvg(FlowerFedAvg):
         return float(metrics["num-examples"])
 
     def state_dict(self) -> dict:
-        """Server-side state a checkpoint must keep (FedAvg has none beyond the model)."""
-        return {}
+        """Server-side state a checkpoint must keep besides the model."""
+        return {"aggregated": list(self.aggregated), "last_applied": self.last_applied}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+        self.aggregated, self.last_applied = list(state["aggregated"]), state["last_applied"]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -112,17 +115,23 @@ class FedAvg(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Apply the example-weighted mean of the client deltas with the server step size."""
-        deltas, metrics = WeightedSum(self.x), ClientMetrics()
+        deltas, metrics, used = WeightedSum(self.x), ClientMetrics(), []
         for msg in in_cohort_order(replies, self.cohort):
             if msg.has_error():
                 continue
             m = msg.content["metrics"]
+            used.append(int(m["partition-id"]))
             deltas.add(self.codec.decode(msg.content["arrays"]), self.weight(m))
             metrics.add(m)
-        if not deltas.weight:
-            return None, None
+        if not self.accept(len(used)):
+            return None, metrics.record()  # the model stays; the round is void
+        self.aggregated, self.last_applied = used, server_round
         x = self.x - np.float32(self.server_lr) * deltas.mean()
         return self.codec.encode(x), metrics.record()
+
+    def accept(self, replies: int) -> bool:
+        """Whether a round with this many usable replies updates the model (any will do)."""
+        return replies > 0
 
 
 class FedAvgParams(LocalSGDParams):

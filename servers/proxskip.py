@@ -3,6 +3,14 @@
 Each round the server draws K ~ Geometric(p) from (seed, round): every client runs K
 local iterations, the last ending in the communication. Clients send
 x_hat_i - (gamma/p) h_i (as a delta from x) and the server takes their plain mean.
+
+Failure policy (the method assumes full participation): a round in which any sampled
+client's reply is missing is void. The server keeps x, and the next round's config names
+the last applied round and the partitions it averaged. A client applies
+h_i += (p/gamma)(x - x_hat_i) only if its x_hat_i was averaged in that round, and
+otherwise discards x_hat_i, so a void round leaves every client's state as if it never
+ran: sum_i h_i = 0 always holds, and a failure costs time, not accuracy. Void rounds
+show as `updated: false` in metrics.jsonl, with their `failures` and `dropouts`.
 """
 
 from __future__ import annotations
@@ -70,7 +78,15 @@ class ProxSkip(FedAvg):
 
     def round_config(self, server_round: int) -> dict:
         p, seed = self.scenario.algorithm.p, self.scenario.seed
-        return {"local_steps": round_length(p, seed, server_round), "q": self.q}
+        return {
+            "local_steps": round_length(p, seed, server_round),
+            "q": self.q,
+            "aggregated": self.aggregated,  # partitions of the last applied average
+            "last-applied": self.last_applied,
+        }
+
+    def accept(self, replies: int) -> bool:
+        return replies == len(self.cohort)  # a partial average would break sum_i h_i = 0
 
     def weight(self, metrics: MetricRecord) -> float:
         return 1.0  # the consensus average is over clients, not examples

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedsim.clients.app import app as client_app
-from fedsim.codecs import unpack
+from fedsim.clients.proxskip import ROUND, STATE, control_variate
+from fedsim.codecs import pack, unpack
 from fedsim.config import load_scenario
 from fedsim.data import client_data, load_dataset
 from fedsim.results import read_metrics
@@ -129,6 +135,58 @@ def test_gradskip_gradient_counts_match_the_theory(tmp_path):
         assert np.mean(counts) == pytest.approx(given_k, rel=0.05)
         # the unconditional expectation, up to the shared coin's sampling noise
         assert np.mean(counts) == pytest.approx(1 / (1 - q[i] * (1 - p)), rel=0.15)
+
+
+def control_variate_after(aggregated: list[int], last_round: int):
+    """h as the client half computes it when the round-5 model arrives."""
+    h, x_hat, x = np.full(3, 2.0, np.float32), np.zeros(3, np.float32), np.ones(3, np.float32)
+    state = RecordDict()
+    state[STATE] = ArrayRecord({"h": pack(h), "x_hat": pack(x_hat)})
+    state[ROUND] = ConfigRecord({"round": last_round})
+    job = SimpleNamespace(
+        state=state,
+        x=torch.from_numpy(x),
+        params=SimpleNamespace(p=0.5, client_lr=0.25),
+        round=5,
+        partition_id=1,
+        config={"aggregated": aggregated, "last-applied": 4},
+    )
+    return control_variate(job).numpy()
+
+
+def test_a_client_whose_reply_was_not_averaged_keeps_its_control_variate():
+    # averaged last round: h + (p/gamma)(x - x_hat) = 2 + 2 * 1
+    np.testing.assert_allclose(control_variate_after([0, 1, 2], last_round=4), 4.0)
+    np.testing.assert_allclose(control_variate_after([0, 2], last_round=4), 2.0)  # not averaged
+    np.testing.assert_allclose(control_variate_after([0, 1, 2], last_round=3), 2.0)  # void round
+
+
+def test_void_rounds_keep_the_control_variates_summing_to_zero(tmp_path):
+    lossy = {"system": {"failures": {"vanish_p": 0.1, "raise_p": 0.05}, "timeout_s": 10.0}}
+    s = load_scenario(scenario(rounds=30).to_dict() | lossy | {"checkpoint_every": 10})
+    grid = InProcessGrid(client_app, N)
+    x = run_experiment(grid, s, tmp_path / "a").astype(np.float64)
+    rows = read_metrics(tmp_path / "a")
+    void = [r for r in rows if not r["updated"]]
+    assert 0 < len(void) < len(rows)
+    assert all(r["dropouts"] + r["failures"] > 0 for r in void)
+    assert all(r["updated"] == (r["clients"] == N) for r in rows)
+    assert rows[-1]["dist_to_opt"] < 0.1 * rows[0]["dist_to_opt"]
+    last = max(r["round"] for r in rows if r["updated"])
+    hs = []
+    for c in grid.contexts.values():  # effective h: pending updates of the last applied round
+        h, x_hat = (unpack(c.state["proxskip"][k]).astype(np.float64) for k in ("h", "x_hat"))
+        mine = int(c.state["proxskip-round"]["round"]) == last
+        hs.append(h + (s.algorithm.p / s.algorithm.client_lr) * (x - x_hat) if mine else h)
+    assert np.abs(sum(hs)).max() <= 1e-4 * max(np.abs(h).max() for h in hs)
+    # resuming from the round-20 checkpoint (client states included) reproduces the run
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for name in ("summary.json", "final_model.npy"):
+        (tmp_path / "b" / name).unlink()
+    launch(s, tmp_path / "b", resume=True)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a/final_model.npy"), np.load(tmp_path / "b/final_model.npy")
+    )
 
 
 def test_q_must_be_a_probability():
