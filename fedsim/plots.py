@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedsim.results import read_metrics  # noqa: E402
 
-PLOTTED = ("train_loss", "eval_loss", "eval_accuracy", "dist_to_opt")
+PLOTTED = ("train_loss", "eval_loss", "eval_accuracy", "dist_to_opt", "rel_dist_to_opt")
 AXES = (("round", "round"), ("sim_time_s", "simulated time (s)"), ("bytes_up", "uplink bytes"))
 
 
@@ -33,7 +33,7 @@ def plot_run(run_dir: Path | str) -> list[Path]:
             ax.plot(xs, [v for _, v in pts], marker="." if len(pts) < 50 else None)
             ax.set_xlabel(label)
             ax.set_ylabel(metric)
-            if metric in ("dist_to_opt",) and all(v > 0 for _, v in pts):
+            if metric in ("dist_to_opt", "rel_dist_to_opt") and all(v > 0 for _, v in pts):
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
         fig.tight_layout()

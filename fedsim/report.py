@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 from fedsim.results import METRICS, SUMMARY, read_metrics  # noqa: E402
 from fedsim.sweep import ERROR, SWEEP_RECORD  # noqa: E402
 
-FINAL = ("eval_accuracy", "eval_loss", "train_loss", "dist_to_opt")
+FINAL = ("eval_accuracy", "eval_loss", "train_loss", "dist_to_opt", "rel_dist_to_opt")
 TOTALS = ("total_bytes_up", "total_bytes_down", "total_grad_evals", "sim_time_s", "wall_s")
-CURVES = ("eval_accuracy", "train_loss", "dist_to_opt")
+CURVES = ("eval_accuracy", "train_loss", "rel_dist_to_opt")
 AXES = (("round", "round"), ("bytes_up", "cumulative uplink bytes"), ("sim_time_s", "simulated s"))
 
 
@@ -135,7 +135,7 @@ def plot_curves(sweep_dir: Path, record: dict[str, Any], rows: list[dict[str, An
                 ax.set_xlabel(name)
                 ax.set_ylabel(metric)
                 ax.grid(alpha=0.3)
-                if metric == "dist_to_opt":
+                if metric == "rel_dist_to_opt":
                     ax.set_yscale("log")
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=8)
         fig.savefig(sweep_dir / "plots" / f"{metric}.png", dpi=90)

@@ -33,6 +33,8 @@ class Evaluator:
         self.loss = loss_fn(ds.num_classes)
         self.device = dev
         self.optimum = known_optimum(scenario, ds)
+        if self.optimum is not None:
+            self.dist0 = float(np.sum((self.x0.numpy().astype(np.float64) - self.optimum) ** 2))
 
     def initial_params(self) -> np.ndarray:
         return self.x0.numpy().copy()
@@ -46,5 +48,6 @@ class Evaluator:
             "eval_accuracy": float((predict(out) == self.targets).float().mean()),
         }
         if self.optimum is not None:
-            metrics["dist_to_opt"] = float(np.sum((x.astype(np.float64) - self.optimum) ** 2))
+            dist = float(np.sum((x.astype(np.float64) - self.optimum) ** 2))
+            metrics["dist_to_opt"], metrics["rel_dist_to_opt"] = dist, dist / self.dist0
         return metrics

@@ -114,6 +114,23 @@ def test_logreg_kappa_list_sets_each_client():
     np.testing.assert_allclose(independent_kappas(logreg_config(kappa=kappas)), kappas, rtol=1e-9)
 
 
+def test_logreg_common_mu_sets_kappa_through_smoothness():
+    kappas = [1e4, 2.0, 5.0, 20.0]
+    cfg = DataConfig(
+        dataset="logreg",
+        partitioner="natural",
+        num_clients=4,
+        options={"common_mu": True, "kappa": kappas, "dim": 6, "samples_per_client": 40},
+    )
+    ds = load_dataset(cfg, SEED)
+    assert len(set(ds.client_l2.tolist())) == 1  # one mu for everyone
+    mu = float(ds.client_l2[0])
+    for idx, k in zip(ds.client_splits, kappas, strict=True):
+        a = ds.x_train[idx].astype(np.float64)
+        smooth = np.linalg.eigvalsh(a.T @ a)[-1] / (4 * len(idx))
+        assert (smooth + mu) / mu == pytest.approx(k, rel=1e-5)  # L_i = kappa_i mu
+
+
 def test_logreg_optimum_matches_lbfgs():
     ds = load_dataset(logreg_config(kappa=20.0, dim=10), SEED)
     x_star = logreg_optimum(ds)

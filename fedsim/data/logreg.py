@@ -5,6 +5,9 @@ from a planted linear model plus label noise. Its loss is
 f_i(x) = (1/m) sum_j log(1 + exp(-(2 b_j - 1) a_j^T x)) + (lambda_i / 2) ||x||^2 (no bias),
 which is L_i-smooth and mu_i-strongly convex with L_i = lambda_max(A_i^T A_i) / (4 m) + lambda_i
 and mu_i = lambda_i; lambda_i is chosen so that L_i / mu_i is exactly the requested kappa_i.
+With `common_mu` every client has the same mu (that of the largest kappa) and client i's rows
+are scaled so that L_i = kappa_i mu instead: the setting of GradSkip's theory, where a
+well-conditioned client is a smooth one (meta then reports the realised kappa_i).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class LogregOptions(BaseModel, extra="forbid"):
     test_samples: int = Field(200, ge=1)  # drawn from the pooled distribution (not test_fraction)
     label_noise: float = Field(0.1, ge=0, le=0.5)
     heterogeneity: float = Field(0.5, ge=0)  # std of each client's feature-mean shift
+    common_mu: bool = False  # same mu for all, kappa_i set through L_i (GradSkip's setting)
 
     @field_validator("kappa")
     @classmethod
@@ -63,7 +67,16 @@ def load(options: LogregOptions, cfg: DataConfig, seed: int) -> Dataset:
     x_test, y_test = _sample(rng, shifts[test_clients], w, options.label_noise)
     splits = [np.arange(i * m, (i + 1) * m) for i in range(n)]
     smooth = np.array([np.linalg.eigvalsh(_gram(x_train[idx]))[-1] / (4 * m) for idx in splits])
-    l2 = smooth / (kappa - 1)
+    if options.common_mu:  # scale client i's rows so that L_i = kappa_i mu for one mu
+        top = int(np.argmax(kappa))
+        mu = smooth[top] / (kappa[top] - 1)
+        for i, idx in enumerate(splits):
+            x_train[idx] *= np.float32(np.sqrt((kappa[i] - 1) * mu / smooth[i]))
+        smooth = np.array([np.linalg.eigvalsh(_gram(x_train[idx]))[-1] / (4 * m) for idx in splits])
+        l2 = np.full(n, mu)
+        kappa = (smooth + l2) / l2
+    else:
+        l2 = smooth / (kappa - 1)
     meta = {"L": (smooth + l2).tolist(), "mu": l2.tolist(), "kappa": kappa.tolist()}
     return Dataset(x_train, y_train, x_test, y_test, 2, splits, l2, meta)
 
