@@ -48,6 +48,7 @@ def train(msg: Message, context: Context) -> Message:
         partition_id=pid,
         spec=spec,
         objective=objective,
+        inbox=msg.content["arrays"],
         received=received,
         x=objective.load(received),
         rng=torch_generator(spec.seed, rnd, pid),

@@ -88,6 +88,15 @@ class LocalObjective:
             g.add_(self.x, alpha=self.l2)
         return value, g
 
+    def hessian_vector(self, idx: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+        """H v for the Hessian of f_i at x on examples `idx`, by double backward."""
+        xb = self.inputs if idx is None else self.inputs[idx]
+        yb = self.targets if idx is None else self.targets[idx]
+        grads = torch.autograd.grad(self.loss(self.model(xb), yb), self.params, create_graph=True)
+        g = torch.cat([gr.reshape(-1) for gr in grads])
+        hv = torch.autograd.grad(g @ v, self.params)
+        return torch.cat([h.reshape(-1) for h in hv]).detach() + self.l2 * v
+
     def sgd_step(self, idx: torch.Tensor | None, lr: float) -> float:
         """x <- x - lr * grad f_i(x) in place, without building the flat gradient; the loss."""
         value, grads = self._grads(idx)
@@ -153,6 +162,7 @@ class ClientJob:
     partition_id: int
     spec: RoundSpec
     objective: LocalObjective
+    inbox: ArrayRecord  # every array the server sent (the model and any method extras)
     received: np.ndarray  # the model as received (read-only)
     x: torch.Tensor  # a writable copy on the device for the local iterates (reused buffer)
     rng: torch.Generator  # derived from (seed, round, partition id)
