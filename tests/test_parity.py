@@ -35,3 +35,31 @@ def small_scenario_initial(base: dict) -> np.ndarray:
     from fedsim.servers.evaluate import Evaluator
 
     return Evaluator(small_scenario(**base)).initial_params()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        {"name": "proxskip", "p": 0.5, "client_lr": 0.05, "batch_size": 16},
+        {"name": "gradskip", "p": 0.5, "client_lr": 0.05, "batch_size": 16, "q": 0.6},
+        {
+            "name": "scaled_sgd",
+            "preconditioner": "adam",
+            "local_steps": 3,
+            "client_lr": 0.01,
+            "alpha": 0.1,
+        },
+    ],
+    ids=lambda a: a["name"],
+)
+def test_stateful_methods_give_the_same_model_on_both_engines(tmp_path, algorithm):
+    base = dict(rounds=3, algorithm=algorithm)
+    launch(small_scenario(**base), tmp_path / "inprocess")
+    launch(small_scenario(**base, runtime="simulation"), tmp_path / "simulation")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "inprocess/final_model.npy"),
+        np.load(tmp_path / "simulation/final_model.npy"),
+        rtol=0,
+        atol=1e-6,
+    )
