@@ -35,17 +35,27 @@ def statistic(job: ClientJob) -> torch.Tensor:
 def scaled_local_sgd(job: ClientJob) -> ClientUpdate:
     f, p = job.objective, job.params
     f.bind(job.x)
-    s = statistic(job)
-    d = torch.from_numpy(np.array(unpack(job.inbox["d"]))).to(job.x.device)
+    plain = p.preconditioner == "none"  # the baseline: D_hat = 1, nothing extra sent
+    s = None if plain else statistic(job)
+    d = torch.ones_like(job.x) if plain else torch.from_numpy(np.array(unpack(job.inbox["d"])))
+    d = d.to(job.x.device)
     if p.variant == "local":
         saved = job.state.get(LOCAL_V)
-        v = s.clone() if saved is None else torch.from_numpy(np.array(unpack(saved["v"])))
+        v = (
+            torch.zeros_like(job.x)
+            if saved is None
+            else torch.from_numpy(np.array(unpack(saved["v"])))
+        )
     m = torch.zeros_like(job.x)
     steps = steps_for(p, f.n)
     total, work = 0.0, 0
     for idx in minibatches(f.n, p.batch_size, steps, job.rng, job.x.device):
+        work += f.n if idx is None else len(idx)
+        if plain:  # exactly Local SGD's step
+            total += f.sgd_step(idx, p.client_lr)
+            continue
         loss, g = f.loss_grad(idx)
-        total, work = total + loss, work + (f.n if idx is None else len(idx))
+        total += loss
         if p.variant == "local":
             v.mul_(p.beta).add_(g * g, alpha=1 - p.beta)
             d = v.sqrt().clamp_(min=p.alpha)
@@ -56,8 +66,10 @@ def scaled_local_sgd(job: ClientJob) -> ClientUpdate:
     if p.variant == "local":
         job.state[LOCAL_V] = ArrayRecord({"v": pack(v.cpu().numpy())})
     delta = job.received - job.x.cpu().numpy()
-    payload = ArrayRecord({VECTOR_KEY: pack(delta), "s": pack(s.cpu().numpy())})
-    return ClientUpdate(payload, total / max(steps, 1), steps + 1, work)
+    payload = ArrayRecord({VECTOR_KEY: pack(delta)})
+    if s is not None:
+        payload["s"] = pack(s.cpu().numpy())
+    return ClientUpdate(payload, total / max(steps, 1), steps + int(s is not None), work)
 
 
 CLIENT_HALVES.register("scaled_sgd", scaled_local_sgd, "Local SGD with Adam/RMSProp/OASIS scaling")

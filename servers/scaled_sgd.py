@@ -4,7 +4,7 @@ x is FedAvg's weighted mean of the local models; the clients' statistics s_i are
 averaged as the replies stream past; then v <- beta v + (1 - beta) mean_i s_i (v starts at
 the first round's mean) and D_hat = max(alpha, sqrt(v)) (Adam, RMSProp) or
 max(alpha, |v|) (OASIS), broadcast with the model (2d floats each way). D_hat = 1 in
-round 1.
+round 1. `none` keeps D_hat = 1 and sends nothing extra: plain Local SGD, the baseline.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .fedavg import FedAvg, LocalSGDParams
 
 
 class ScaledParams(LocalSGDParams):
-    preconditioner: Literal["adam", "rmsprop", "oasis"] = "rmsprop"
+    preconditioner: Literal["none", "adam", "rmsprop", "oasis"] = "rmsprop"
     variant: Literal["global", "local"] = Field("global", description="local: ablation")
     beta: float = Field(0.999, ge=0, lt=1, description="statistic's moving average")
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first moment (reset each sync)")
@@ -46,6 +46,8 @@ class ScaledLocalSGD(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.scenario.algorithm.preconditioner == "none":
+            return super().configure_train(server_round, arrays, config, grid)
         x = arrays[VECTOR_KEY]
         if self.d is None:
             self.d = np.ones(unpack(x).shape, dtype=np.float32)
@@ -59,12 +61,12 @@ class ScaledLocalSGD(FedAvg):
 
         def tap() -> Iterator[Message]:
             for msg in replies:
-                if not msg.has_error():
+                if not msg.has_error() and "s" in msg.content["arrays"]:
                     stats.add(unpack(msg.content["arrays"]["s"]), 1.0)
                 yield msg
 
         arrays, metrics = super().aggregate_train(server_round, tap())
-        if arrays is not None:
+        if arrays is not None and stats.weight:
             p, s = self.scenario.algorithm, stats.mean().astype(np.float64)
             self.v = s if self.v is None else p.beta * self.v + (1 - p.beta) * s
             self.d = precondition(self.v, p.preconditioner, p.alpha).astype(np.float32)

@@ -116,3 +116,18 @@ def test_oasis_and_the_local_ablation_run(tmp_path):
         launch(s, tmp_path / name)
         rows = read_metrics(tmp_path / name)
         assert rows[-1]["dist_to_opt"] < rows[0]["dist_to_opt"]
+
+
+def test_no_preconditioner_is_local_sgd_exactly(tmp_path):
+    s = scenario("none", beta=0.9)
+    plain = load_scenario(
+        s.to_dict()
+        | {"algorithm": {"name": "local_sgd", "local_steps": H, "batch_size": 0, "client_lr": 0.05}}
+    )
+    launch(s, tmp_path / "none")
+    launch(plain, tmp_path / "plain")
+    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(tmp_path / "none")]
+    again = [
+        {k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(tmp_path / "plain")
+    ]
+    assert strip == again
