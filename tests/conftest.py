@@ -34,3 +34,48 @@ def small_scenario(**over: object):
 @pytest.fixture
 def scenario_factory():
     return small_scenario
+
+
+def logreg_scenario(
+    seed: int, dim: int, samples: int, kappa: list[float], algorithm: dict, rounds: int, **over
+):
+    """A generated logistic-regression scenario (bias-free model, natural clients) with the
+    algorithm's step size gamma = 1/L_max unless `algorithm` sets client_lr."""
+    from fedsim.data import load_dataset
+
+    raw = {
+        "seed": seed,
+        "rounds": rounds,
+        "data": {
+            "dataset": "logreg",
+            "num_clients": len(kappa),
+            "partitioner": "natural",
+            "options": {"dim": dim, "samples_per_client": samples, "kappa": kappa},
+        },
+        "model": {"name": "logreg", "bias": False},
+        "algorithm": algorithm,
+        **over,
+    }
+    if "client_lr" in algorithm:
+        return load_scenario(raw)
+    gamma = 1.0 / max(load_dataset(load_scenario(raw).data, seed).meta["L"])
+    return load_scenario(raw | {"algorithm": algorithm | {"client_lr": gamma}})
+
+
+def logreg_parts(s) -> list[tuple]:
+    """Each client's (rows in float64, labels as signs, l2), for the NumPy references."""
+    from fedsim.data import client_data
+
+    parts = []
+    for i in range(s.data.num_clients):
+        a, y, l2 = client_data(s.data, s.seed, i)
+        parts.append((a.astype("float64"), 2.0 * y - 1.0, l2))
+    return parts
+
+
+def logreg_grad(part: tuple, x):
+    """grad f_i(x) = -(1/m) A^T (s / (1 + exp(s * A x))) + l2 x, written out in NumPy."""
+    import numpy as np
+
+    a, sign, l2 = part
+    return -(a.T @ (sign / (1.0 + np.exp(sign * (a @ x))))) / len(sign) + l2 * x

@@ -14,7 +14,7 @@ from fedsim.clients.app import app as client_app
 from fedsim.clients.proxskip import ROUND, STATE, control_variate
 from fedsim.codecs import pack, unpack
 from fedsim.config import load_scenario
-from fedsim.data import client_data, load_dataset
+from fedsim.data import load_dataset
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 from fedsim.runtime.inprocess import InProcessGrid
@@ -22,35 +22,22 @@ from fedsim.servers.evaluate import Evaluator
 from fedsim.servers.experiment import run_experiment
 from fedsim.servers.proxskip import round_length
 
+from .conftest import logreg_grad, logreg_parts, logreg_scenario
+
 N = 4
 
 
 def scenario(name="proxskip", rounds=12, p=0.3, **alg):
-    raw = {
-        "seed": 5,
-        "rounds": rounds,
-        "data": {
-            "dataset": "logreg",
-            "num_clients": N,
-            "partitioner": "natural",
-            "options": {"dim": 6, "samples_per_client": 30, "kappa": [5.0, 20.0, 10.0, 40.0]},
-        },
-        "model": {"name": "logreg", "bias": False},
-        "algorithm": {"name": name, "p": p, **alg},
-    }
-    s = load_scenario(raw)
-    gamma = 1.0 / max(load_dataset(s.data, s.seed).meta["L"])
-    return load_scenario(raw | {"algorithm": raw["algorithm"] | {"client_lr": gamma}})
+    algorithm = {"name": name, "p": p, **alg}
+    return logreg_scenario(5, 6, 30, [5.0, 20.0, 10.0, 40.0], algorithm, rounds)
 
 
 def numpy_proxskip(s, rounds):
     """The iteration form of ALGORITHMS.md section 3, float64, full gradients."""
-    parts = [client_data(s.data, s.seed, i) for i in range(N)]
+    parts = logreg_parts(s)
 
     def grad(i, x):
-        a, y, l2 = parts[i]
-        a, sign = a.astype(np.float64), 2.0 * y - 1.0
-        return -(a.T @ (sign / (1.0 + np.exp(sign * (a @ x))))) / len(y) + l2 * x
+        return logreg_grad(parts[i], x)
 
     gamma, p = s.algorithm.client_lr, s.algorithm.p
     x0 = Evaluator(s).initial_params().astype(np.float64)

@@ -8,51 +8,27 @@ import torch
 
 from fedsim.clients.training import objective_for
 from fedsim.config import client_spec, load_scenario
-from fedsim.data import client_data
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 from fedsim.servers.evaluate import Evaluator
+
+from .conftest import logreg_grad, logreg_parts, logreg_scenario
 
 N, H, ROUNDS = 2, 3, 3
 
 
 def scenario(preconditioner: str, **alg):
-    return load_scenario(
-        {
-            "seed": 2,
-            "rounds": ROUNDS,
-            "data": {
-                "dataset": "logreg",
-                "num_clients": N,
-                "partitioner": "natural",
-                "options": {"dim": 5, "samples_per_client": 20, "kappa": [10.0, 30.0]},
-            },
-            "model": {"name": "logreg", "bias": False},
-            "algorithm": {
-                "name": "scaled_sgd",
-                "preconditioner": preconditioner,
-                "local_steps": H,
-                "batch_size": 0,
-                "client_lr": 0.05,
-                "beta": 0.5,
-                "alpha": 0.1,
-                **alg,
-            },
-        }
-    )
-
-
-def logreg_parts(s):
-    parts = []
-    for i in range(N):
-        a, y, l2 = client_data(s.data, s.seed, i)
-        parts.append((a.astype(np.float64), 2.0 * y - 1.0, l2))
-    return parts
-
-
-def grad(part, x):
-    a, sign, l2 = part
-    return -(a.T @ (sign / (1.0 + np.exp(sign * (a @ x))))) / len(sign) + l2 * x
+    algorithm = {
+        "name": "scaled_sgd",
+        "preconditioner": preconditioner,
+        "local_steps": H,
+        "batch_size": 0,
+        "client_lr": 0.05,
+        "beta": 0.5,
+        "alpha": 0.1,
+        **alg,
+    }
+    return logreg_scenario(2, 5, 20, [10.0, 30.0], algorithm, ROUNDS)
 
 
 def hessian(part, x):
@@ -70,9 +46,9 @@ def reference(s, adam: bool) -> np.ndarray:
         locals_, stats = [], []
         for part in parts:
             xi, m = x.copy(), np.zeros_like(x)
-            stats.append(grad(part, x) ** 2)
+            stats.append(logreg_grad(part, x) ** 2)
             for _ in range(H):
-                g = grad(part, xi)
+                g = logreg_grad(part, xi)
                 m = p.beta1 * m + (1 - p.beta1) * g
                 xi = xi - p.client_lr * (m if adam else g) / d
             locals_.append(xi)
