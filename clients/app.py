@@ -63,7 +63,6 @@ def train(msg: Message, context: Context) -> Message:
             "train_loss": update.train_loss,
             "grad_evals": update.grad_evals,
             "work": update.work,
-            **(update.extra or {}),
         }
     )
     return Message(RecordDict({"arrays": update.payload, "metrics": metrics}), reply_to=msg)

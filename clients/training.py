@@ -182,4 +182,3 @@ class ClientUpdate:
     train_loss: float
     grad_evals: int  # gradient evaluations (one per local step)
     work: int  # training examples processed, for the simulated clock
-    extra: dict[str, float] | None = None

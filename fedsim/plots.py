@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedsim.results import read_metrics  # noqa: E402
 
 PLOTTED = ("train_loss", "eval_loss", "eval_accuracy", "dist_to_opt", "rel_dist_to_opt")
-AXES = (("round", "round"), ("sim_time_s", "simulated time (s)"), ("bytes_up", "uplink bytes"))
+# x axes of every metric plot; bytes_up is drawn cumulatively
+AXES = (("round", "round"), ("bytes_up", "cumulative uplink bytes"), ("sim_time_s", "simulated s"))
 
 
 def plot_run(run_dir: Path | str) -> list[Path]:
@@ -21,7 +23,7 @@ def plot_run(run_dir: Path | str) -> list[Path]:
     rows = read_metrics(run_dir)
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-    cumulative_up = _cumsum([r["bytes_up"] for r in rows])
+    cumulative_up = list(accumulate(r["bytes_up"] for r in rows))
     written = []
     for metric in PLOTTED:
         pts = [(i, r[metric]) for i, r in enumerate(rows) if metric in r]
@@ -42,11 +44,3 @@ def plot_run(run_dir: Path | str) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
-
-
-def _cumsum(values: list[float]) -> list[float]:
-    total, out = 0.0, []
-    for v in values:
-        total += v
-        out.append(total)
-    return out

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -93,17 +94,21 @@ def client_states(grid: Grid, partitions: dict[int, int]) -> dict[int, RecordDic
     return {pid: contexts[node].state for pid, node in partitions.items()}
 
 
+def prepare(grid: Grid, scenario: Scenario) -> tuple[dict[int, int], Profiles, Evaluator, Any]:
+    """What every round loop needs: partition -> node, client profiles, evaluator, strategy."""
+    n = scenario.data.num_clients
+    partitions = discover_partitions(grid, n)
+    strategy = SERVER_HALVES.get(scenario.algorithm.name).strategy(scenario, partitions)
+    return partitions, Profiles(scenario.system, n, scenario.seed), Evaluator(scenario), strategy
+
+
 def run_experiment(
     grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool = False
 ) -> np.ndarray:
     """Run the rounds of `scenario` over `grid` (after the last checkpoint when resuming),
     write the run directory, and return the final x."""
-    n = scenario.data.num_clients
-    partitions = discover_partitions(grid, n)
+    partitions, profiles, evaluator, strategy = prepare(grid, scenario)
     node_pid = {node: pid for pid, node in partitions.items()}
-    profiles = Profiles(scenario.system, n, scenario.seed)
-    evaluator = Evaluator(scenario)
-    strategy = SERVER_HALVES.get(scenario.algorithm.name).strategy(scenario, partitions)
     codec = CODECS.get("fp32")
     ck = load_checkpoint(out_dir) if resume else None
     done = ck["round"] if ck else 0

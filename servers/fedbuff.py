@@ -23,17 +23,14 @@ from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from fedsim.algorithms import SERVER_HALVES
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario
-from fedsim.heterogeneity import Profiles
 from fedsim.results import MetricsWriter, summarize
 from fedsim.seeding import derive_seed
 
 from .aggregate import ClientMetrics, WeightedSum
-from .evaluate import Evaluator
-from .experiment import payload_bytes
-from .nodes import cohort_size, discover_partitions
+from .experiment import payload_bytes, prepare
+from .nodes import cohort_size
 
 DISPATCH_STREAM = 21
 
@@ -78,12 +75,10 @@ class Buffer:
 def run_fedbuff(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarray:
     """Asynchronous FedBuff with the scenario's client half; `rounds` counts server updates."""
     n, cfg, alg = scenario.data.num_clients, scenario.system, scenario.algorithm
-    partitions = discover_partitions(grid, n)
-    profiles = Profiles(cfg, n, scenario.seed)
-    evaluator = Evaluator(scenario)
-    strategy = SERVER_HALVES.get(alg.name).strategy(scenario, partitions)
+    _, profiles, evaluator, strategy = prepare(grid, scenario)
     codec, writer = CODECS.get("fp32"), MetricsWriter(out_dir)
     x = evaluator.initial_params()
+    arrays = codec.encode(x)  # re-encoded once per server update, not per dispatch
     version, clock, seq, failures, start = 0, 0.0, 0, 0, time.perf_counter()
     flight: list[Arrival] = []
     busy: set[int] = set()
@@ -104,7 +99,7 @@ def run_fedbuff(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarr
             rng = np.random.default_rng(derive_seed(scenario.seed, seq, DISPATCH_STREAM))
             pid = idle[rng.integers(len(idle))]
             strategy.eligible = [pid]  # the strategy builds the message as in a sync round
-            (msg,) = strategy.configure_train(seq, codec.encode(x), ConfigRecord(), grid)
+            (msg,) = strategy.configure_train(seq, arrays, ConfigRecord(), grid)
             (reply,) = grid.send_and_receive([msg])
             if reply.has_error():
                 failures += 1
@@ -138,6 +133,7 @@ def run_fedbuff(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarr
             dispatch(clock)
             continue
         x = x - np.float32(alg.server_lr) * buffer.step()
+        arrays = codec.encode(x)
         version += 1
         agg = buffer.metrics.record()
         writer.append(
