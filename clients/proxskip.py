@@ -1,11 +1,19 @@
-"""ProxSkip / Scaffnew and GradSkip, client half (ALGORITHMS.md sections 3 and 4).
+"""ProxSkip / Scaffnew, GradSkip and GradSkip+, client half (ALGORITHMS.md sections 3, 4).
 
 A round is K local iterations (K ~ Geometric(p), drawn by the server from the round
 seed, the same for every client); the last one ends in the server's average. Client
-i keeps its control variate h_i and its last x_hat_i in Context.state. GradSkip
-adds a coin eta_i ~ Bernoulli(q_i) per iteration: on eta_i = 0 the client sets
-h_hat_i = grad f_i(x_i), stops moving (x_hat_i = x_i) and computes no further
-gradient this round. q_i = 1 is ProxSkip.
+i keeps its control variate h_i and its last x_hat_i in Context.state.
+
+Each iteration client i draws its operator C_Omega_i = Bernoulli(q_i) times rand-k_i
+(scaled to be unbiased, so (I + Omega_i)^-1 C_Omega_i(v) = eta_i M_i v) and steps
+
+    h_hat_i = grad f_i(x_i) - eta_i M_i (grad f_i(x_i) - h_i)
+    x_hat_i = x_i - gamma (grad f_i(x_i) - h_hat_i)
+
+On eta_i = 0 (GradSkip) nothing moves and h_hat_i = grad f_i(x_i), so the client computes
+no further gradient this round. q_i = 1 and M_i = all coordinates is ProxSkip. The
+communication sends x_hat_i - tau h_hat_i on its coordinates S; when the average z
+arrives, x_i = z on S (x_hat_i elsewhere) and h_i = h_hat_i + (x_i - x_hat_i) / tau.
 """
 
 from __future__ import annotations
@@ -16,36 +24,55 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsim.algorithms import CLIENT_HALVES
 from fedsim.codecs import CODECS, pack, unpack
+from fedsim.servers.proxskip import communicated, consensus_step
 
 from .training import ClientJob, ClientUpdate, minibatches
 
 STATE, ROUND = "proxskip", "proxskip-round"
 
 
-def control_variate(job: ClientJob) -> torch.Tensor:
-    """h_i, updated by (p/gamma)(x - x_hat_i) if the average just received used our x_hat_i.
+def skip_operator(gen: torch.Generator, q: float, d: int, k: int) -> tuple[bool, torch.Tensor]:
+    """One draw of C_Omega_i: eta_i ~ Bernoulli(q) and M_i, k coordinates (None: all d)."""
+    if q < 1.0 and torch.rand((), generator=gen).item() >= q:
+        return False, None
+    return True, (torch.randperm(d, generator=gen)[:k] if k < d else None)
 
-    Otherwise (our round was void, see fedsim.servers.proxskip) x_hat_i is discarded and
-    h_i stays as it was.
+
+def _saved(job: ClientJob, key: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(unpack(job.state[STATE][key]))).to(job.x.device)
+
+
+def resume(job: ClientJob) -> torch.Tensor:
+    """Set job.x to x_i and return h_i, applying the last communication if it used our x_hat_i.
+
+    If our last round was void (see fedsim.servers.proxskip), x_hat_i is discarded: x_i and
+    h_i stay as they were before it.
     """
-    saved = job.state.get(STATE)
-    if saved is None:
+    if STATE not in job.state:
         return torch.zeros_like(job.x)
-    h = torch.from_numpy(np.array(unpack(saved["h"]))).to(job.x.device)
+    h = _saved(job, "h")
     last_round = int(job.state[ROUND]["round"])
     applied = int(job.config["last-applied"])
     averaged = last_round == applied and job.partition_id in job.config["aggregated"]
+    d, seed = job.x.numel(), job.spec.seed
+    if job.params.comm_density < 1:  # only S was averaged: the rest of x_i is our own
+        mine = _saved(job, "x_hat" if averaged else "x_start")
+        if averaged:
+            idx = torch.from_numpy(communicated(job.params, d, seed, last_round))
+            mine[idx] = job.x[idx]
+        job.x.copy_(mine)
     if averaged:
-        x_hat = torch.from_numpy(np.array(unpack(saved["x_hat"]))).to(job.x.device)
-        h.add_(job.x - x_hat, alpha=job.params.p / job.params.client_lr)
+        h.add_(job.x - _saved(job, "x_hat"), alpha=1.0 / consensus_step(job.params, d))
     return h
 
 
 def proxskip(job: ClientJob) -> ClientUpdate:
     p, f = job.params, job.objective
-    gamma = p.client_lr
+    gamma, d = p.client_lr, job.x.numel()
     q = float(job.config["q"][job.partition_id])
-    h = control_variate(job)
+    k = max(1, round(p.skip_density * d))
+    h = resume(job)
+    x_start = job.x.cpu().numpy().copy() if p.comm_density < 1 else None
     f.bind(job.x)
     iterations = int(job.config["local_steps"])
     total, computed, work, frozen = 0.0, 0, 0, False
@@ -55,18 +82,31 @@ def proxskip(job: ClientJob) -> ClientUpdate:
         loss, g = f.loss_grad(idx)
         total, computed = total + loss, computed + 1
         work += f.n if idx is None else len(idx)
-        if q < 1.0 and torch.rand((), generator=job.rng).item() >= q:
-            h, frozen = g, True  # eta_i = 0
-        else:
+        eta, mask = skip_operator(job.rng, q, d, k)
+        if not eta:
+            h, frozen = g, True
+        elif mask is None:
             job.x.add_(g - h, alpha=-gamma)  # x_hat = x - gamma (grad - h)
-    x_hat = job.x.cpu().numpy().copy()
-    h_np = h.cpu().numpy()
-    job.state[STATE] = ArrayRecord({"h": pack(h_np), "x_hat": pack(x_hat)})
+        else:
+            job.x[mask] -= gamma * (g[mask] - h[mask])
+            g[mask] = h[mask]  # h_hat: h_i on M_i, the fresh gradient elsewhere
+            h = g
+    x_hat, h_np = job.x.cpu().numpy().copy(), h.cpu().numpy()
+    saved = {"h": pack(h_np), "x_hat": pack(x_hat)}
+    if x_start is not None:
+        saved["x_start"] = pack(x_start)
+    job.state[STATE] = ArrayRecord(saved)
     job.state[ROUND] = ConfigRecord({"round": job.round})
-    sent = x_hat - (gamma / p.p) * h_np  # the server averages these
+    sent = x_hat - consensus_step(p, d) * h_np  # the server averages these
     delta = job.received - sent
+    idx = communicated(p, d, job.spec.seed, job.round)
+    delta = delta if idx is None else delta[idx]
     return ClientUpdate(CODECS.get("fp32").encode(delta), total / max(computed, 1), computed, work)
 
 
-CLIENT_HALVES.register("proxskip", proxskip, "ProxSkip / Scaffnew: K ~ Geom(p) local steps")
-CLIENT_HALVES.register("gradskip", proxskip, "GradSkip: ProxSkip with per-client skip coins")
+for _name, _doc in (
+    ("proxskip", "ProxSkip / Scaffnew: K ~ Geom(p) local steps"),
+    ("gradskip", "GradSkip: ProxSkip with per-client skip coins"),
+    ("gradskip_plus", "GradSkip+: rand-k skip and communication operators, general prox"),
+):
+    CLIENT_HALVES.register(_name, proxskip, _doc)

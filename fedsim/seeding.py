@@ -14,3 +14,12 @@ def derive_seed(*keys: int) -> int:
 def torch_generator(*keys: int) -> torch.Generator:
     """A CPU generator seeded from `keys` (CPU so results do not depend on the device)."""
     return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+def shared_coordinates(fraction: float, d: int, *keys: int) -> np.ndarray | None:
+    """k = max(1, round(fraction * d)) sorted coordinates drawn without replacement from `keys`,
+    so every party holding the keys draws the same set; None means all d coordinates."""
+    k = max(1, round(fraction * d))
+    if k >= d:
+        return None
+    return np.sort(np.random.default_rng(derive_seed(*keys)).choice(d, k, replace=False))

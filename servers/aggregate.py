@@ -32,11 +32,13 @@ def in_cohort_order(replies: Iterable[Message], cohort: list[int]) -> Iterator[M
 class WeightedSum:
     """sum_i w_i v_i and sum_i w_i, accumulated one vector at a time (float32, in place)."""
 
-    def __init__(self, like: np.ndarray) -> None:
-        self.total = torch.zeros(like.shape, dtype=torch.float32)
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None  # shaped by the first vector added
         self.weight = 0.0
 
     def add(self, v: np.ndarray, w: float) -> None:
+        if self.total is None:
+            self.total = torch.zeros(v.shape, dtype=torch.float32)
         self.total.add_(readonly_tensor(v), alpha=w)  # fused: no temporary of size d
         self.weight += w
 

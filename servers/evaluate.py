@@ -6,17 +6,20 @@ import numpy as np
 import torch
 
 from fedsim.config import Scenario
-from fedsim.data import Dataset, load_dataset
+from fedsim.data import Dataset, load_dataset, partition_indices
 from fedsim.data.logreg import logreg_optimum
 from fedsim.models import bind, build_model, loss_fn, predict
 
 
 def known_optimum(scenario: Scenario, ds: Dataset) -> np.ndarray | None:
-    """x* for the generated convex problems (bias-free logistic regression), else None."""
-    m = scenario.model
-    if scenario.data.dataset == "logreg" and m.name == "logreg" and not m.bias:
-        return logreg_optimum(ds).astype(np.float64)
-    return None
+    """x* of (1/n) sum_i f_i (+ an l2 consensus regularizer) for bias-free binary logistic
+    regression on data held in memory, else None (no optimum for l1-regularised runs)."""
+    m, cfg = scenario.model, scenario.data
+    reg = getattr(scenario.algorithm, "regularizer", "none")
+    if m.name != "logreg" or m.bias or ds.num_classes != 2 or ds.client is not None or reg == "l1":
+        return None
+    extra = cfg.l2 + (scenario.algorithm.reg if reg == "l2" else 0.0)
+    return logreg_optimum(ds, partition_indices(cfg, scenario.seed), extra).astype(np.float64)
 
 
 class Evaluator:

@@ -67,6 +67,7 @@ class FedAvg(FlowerFedAvg):
         self.spec = client_spec(scenario)
         self.codec = CODECS.get("fp32")
         self.x: np.ndarray | None = None
+        self.round = 0  # the round being configured or aggregated
         self.eligible = list(partitions)  # available partitions; the round loop updates it
         self.cohort: list[int] = []  # node ids invited this round, in partition order
         self.aggregated: list[int] = []  # partitions the last applied average used
@@ -77,7 +78,7 @@ class FedAvg(FlowerFedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample the cohort and send each client the model and the round config."""
-        self.x = self.codec.decode(arrays)
+        self.x, self.round = self.codec.decode(arrays), server_round
         s, p = self.scenario, self.scenario.algorithm
         self.target = cohort_size(len(self.eligible), p.fraction, p.min_clients)
         invite = min(len(self.eligible), invitations(s.system, self.target))
@@ -115,19 +116,26 @@ class FedAvg(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Apply the example-weighted mean of the client deltas with the server step size."""
-        deltas, metrics, used = WeightedSum(self.x), ClientMetrics(), []
+        deltas, metrics, used = WeightedSum(), ClientMetrics(), []
         for msg in in_cohort_order(replies, self.cohort):
             if msg.has_error():
                 continue
             m = msg.content["metrics"]
             used.append(int(m["partition-id"]))
-            deltas.add(self.codec.decode(msg.content["arrays"]), self.weight(m))
+            deltas.add(self.update_of(msg), self.weight(m))
             metrics.add(m)
         if not self.accept(len(used)):
             return None, metrics.record()  # the model stays; the round is void
         self.aggregated, self.last_applied = used, server_round
-        x = self.x - np.float32(self.server_lr) * deltas.mean()
-        return self.codec.encode(x), metrics.record()
+        return self.codec.encode(self.step(deltas.mean())), metrics.record()
+
+    def update_of(self, reply: Message) -> np.ndarray:
+        """A reply's update vector (the model delta x - x_i for FedAvg)."""
+        return self.codec.decode(reply.content["arrays"])
+
+    def step(self, mean: np.ndarray) -> np.ndarray:
+        """The new model from the weighted mean of the updates."""
+        return self.x - np.float32(self.server_lr) * mean
 
     def accept(self, replies: int) -> bool:
         """Whether a round with this many usable replies updates the model (any will do)."""

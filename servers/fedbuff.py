@@ -55,8 +55,8 @@ class Arrival:
 class Buffer:
     """The K most recent arrivals as a staleness-weighted running sum."""
 
-    def __init__(self, like: np.ndarray) -> None:
-        self.deltas, self.metrics = WeightedSum(like), ClientMetrics()
+    def __init__(self) -> None:
+        self.deltas, self.metrics = WeightedSum(), ClientMetrics()
         self.count, self.staleness, self.bytes_up, self.bytes_down = 0, [], 0, 0
 
     def add(self, delta: np.ndarray, tau: int, arrival: Arrival) -> None:
@@ -117,7 +117,7 @@ def run_fedbuff(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarr
     concurrency = cohort_size(n, alg.fraction, alg.min_clients)
     for _ in range(concurrency):
         dispatch(0.0)
-    buffer = Buffer(x)
+    buffer = Buffer()
     bar = tqdm(total=scenario.rounds, desc=scenario.name, disable=not sys.stderr.isatty())
     while version < scenario.rounds and flight:
         arrival = heapq.heappop(flight)
@@ -152,7 +152,7 @@ def run_fedbuff(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarr
                 "staleness_max": int(max(buffer.staleness)),
             }
         )
-        buffer, failures = Buffer(x), 0
+        buffer, failures = Buffer(), 0
         dispatch(clock)  # after the update: the freed slot starts from the newest model
         bar.update()
     bar.close()

@@ -1,8 +1,15 @@
-"""ProxSkip / Scaffnew and GradSkip, server half (ALGORITHMS.md sections 3 and 4).
+"""ProxSkip / Scaffnew, GradSkip and GradSkip+, server half (ALGORITHMS.md sections 3, 4).
 
 Each round the server draws K ~ Geometric(p) from (seed, round): every client runs K
 local iterations, the last ending in the communication. Clients send
-x_hat_i - (gamma/p) h_i (as a delta from x) and the server takes their plain mean.
+x_hat_i - tau h_hat_i (as a delta from x) and the server takes the prox of their plain mean,
+tau = gamma (1 + omega).
+
+GradSkip+ replaces the communication coin by C_omega = Bernoulli(p) times rand-k (k = c d
+coordinates drawn from the round seed, scaled d/k; 1 + omega = d / (p k)): a communication
+averages those k coordinates only, each client keeps its own values elsewhere, and the
+messages up carry k floats. The consensus prox may add a separable regularizer R (l1 or l2)
+applied to the average. c = 1 and R = 0 is ProxSkip/GradSkip.
 
 Failure policy (the method assumes full participation): a round in which any sampled
 client's reply is missing is void. The server keeps x, and the next round's config names
@@ -19,19 +26,20 @@ from typing import Literal
 
 import numpy as np
 from flwr.app import MetricRecord
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
 from fedsim.data import load_dataset
-from fedsim.seeding import derive_seed
+from fedsim.seeding import derive_seed, shared_coordinates
 
 from .fedavg import FedAvg
 
-COIN_STREAM = 31
+COIN_STREAM, COORDINATE_STREAM = 31, 32
 
 
 class ProxSkipParams(AlgorithmParams):
-    """gamma (client_lr), the communication probability p, and GradSkip's q_i."""
+    """gamma (client_lr), the communication probability p, GradSkip's q_i, GradSkip+'s
+    rand-k fractions and regularizer."""
 
     p: float = Field(0.1, gt=0, le=1, description="probability of communicating per iteration")
     client_lr: float = Field(0.1, gt=0, description="gamma")
@@ -48,6 +56,42 @@ class ProxSkipParams(AlgorithmParams):
         if any(not 0 < x <= 1 for x in (v if isinstance(v, list) else [v])):
             raise ValueError(f"{v} must lie in (0, 1]")
         return v
+
+    comm_density: float = Field(
+        1.0, gt=0, le=1, description="GradSkip+: fraction of coordinates a communication averages"
+    )
+    skip_density: float = Field(
+        1.0, gt=0, le=1, description="GradSkip+: fraction of coordinates a local step moves"
+    )
+    regularizer: Literal["none", "l1", "l2"] = Field("none", description="R in the prox")
+    reg: float = Field(0.0, ge=0, description="lambda: R = lambda ||x||_1 or (lambda/2)||x||^2")
+
+    @model_validator(mode="after")
+    def _full_participation(self) -> ProxSkipParams:
+        if self.comm_density < 1 and self.fraction < 1:
+            raise ValueError(
+                f"comm_density {self.comm_density} < 1 needs fraction = 1 (got {self.fraction}):"
+                " clients keep their own uncommunicated coordinates"
+            )
+        return self
+
+
+def consensus_step(params: ProxSkipParams | object, d: int) -> float:
+    """tau = gamma (1 + omega) = gamma d / (p k): the prox step of a communication."""
+    k = max(1, round(params.comm_density * d))
+    return params.client_lr * d / (params.p * k)
+
+
+def communicated(params: ProxSkipParams | object, d: int, seed: int, server_round: int):
+    """The coordinates a round's communication averages (None: all)."""
+    return shared_coordinates(params.comm_density, d, seed, server_round, COORDINATE_STREAM)
+
+
+def prox(kind: str, v: np.ndarray, t: float) -> np.ndarray:
+    """prox_{tR}(v) for R = 0, ||.||_1 (soft thresholding) or (1/2)||.||^2 (shrinking)."""
+    if kind == "l1":
+        return np.sign(v) * np.maximum(np.abs(v) - t, 0)
+    return v / (1 + t) if kind == "l2" else v
 
 
 def round_length(p: float, seed: int, server_round: int) -> int:
@@ -88,6 +132,18 @@ class ProxSkip(FedAvg):
     def accept(self, replies: int) -> bool:
         return replies == len(self.cohort)  # a partial average would break sum_i h_i = 0
 
+    def step(self, mean: np.ndarray) -> np.ndarray:
+        """x <- prox_{tau R}(mean_i (x_hat_i - tau h_hat_i)) on the communicated coordinates."""
+        a = self.scenario.algorithm
+        idx = communicated(a, self.x.size, self.scenario.seed, self.round)
+        x = np.array(self.x)
+        z = (x if idx is None else x[idx]) - mean
+        z = prox(a.regularizer, z, consensus_step(a, x.size) * a.reg).astype(np.float32)
+        if idx is None:
+            return z
+        x[idx] = z
+        return x
+
     def weight(self, metrics: MetricRecord) -> float:
         return 1.0  # the consensus average is over clients, not examples
 
@@ -95,5 +151,6 @@ class ProxSkip(FedAvg):
 for _name, _doc in (
     ("proxskip", "ProxSkip / Scaffnew: K ~ Geom(p) local steps, control variates"),
     ("gradskip", "GradSkip: ProxSkip where client i stops computing w.p. 1 - q_i"),
+    ("gradskip_plus", "GradSkip+: rand-k compression operators for both coins, general prox"),
 ):
     SERVER_HALVES.register(_name, ServerHalf(ProxSkipParams, ProxSkip, _doc), _doc)

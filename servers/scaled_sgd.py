@@ -57,7 +57,7 @@ class ScaledLocalSGD(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        stats = WeightedSum(self.x)
+        stats = WeightedSum()
 
         def tap() -> Iterator[Message]:
             for msg in replies:

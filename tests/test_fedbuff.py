@@ -27,7 +27,7 @@ def test_buffer_step_is_the_staleness_weighted_mean_over_k():
     rng = np.random.default_rng(0)
     deltas = [rng.normal(size=7).astype(np.float32) for _ in range(3)]
     taus = [0, 3, 8]
-    buf = Buffer(deltas[0])
+    buf = Buffer()
     for d, t in zip(deltas, taus, strict=True):
         buf.add(d, t, arrival(4))
     by_hand = sum(d / math.sqrt(1 + t) for d, t in zip(deltas, taus, strict=True)) / 3

@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedsim.clients.app import app as client_app
-from fedsim.clients.proxskip import ROUND, STATE, control_variate
+from fedsim.clients.proxskip import ROUND, STATE, resume
 from fedsim.codecs import pack, unpack
 from fedsim.config import load_scenario
 from fedsim.data import load_dataset
@@ -133,12 +133,13 @@ def control_variate_after(aggregated: list[int], last_round: int):
     job = SimpleNamespace(
         state=state,
         x=torch.from_numpy(x),
-        params=SimpleNamespace(p=0.5, client_lr=0.25),
+        params=SimpleNamespace(p=0.5, client_lr=0.25, comm_density=1.0),
+        spec=SimpleNamespace(seed=0),
         round=5,
         partition_id=1,
         config={"aggregated": aggregated, "last-applied": 4},
     )
-    return control_variate(job).numpy()
+    return resume(job).numpy()
 
 
 def test_a_client_whose_reply_was_not_averaged_keeps_its_control_variate():

@@ -52,6 +52,7 @@ class DataConfig(BaseModel):
     alpha: float = Field(0.5, gt=0)
     shards_per_client: int = Field(2, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    l2: float = Field(0.0, ge=0, description="(l2/2)||x||^2 added to every client's loss")
     options: dict[str, Any] = Field({}, validate_default=True)  # filled with the defaults
 
     @field_validator("partitioner")

@@ -44,9 +44,9 @@ def partition_indices(cfg: DataConfig, seed: int) -> list[np.ndarray]:
 def client_data(
     cfg: DataConfig, seed: int, partition_id: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Features, labels and l2 coefficient of one client (l2 is 0 without a natural split)."""
+    """Features, labels and l2 coefficient of one client (`cfg.l2` plus its natural split's)."""
     dataset = load_dataset(cfg, seed)
-    l2 = 0.0 if dataset.client_l2 is None else float(dataset.client_l2[partition_id])
+    l2 = cfg.l2 + (0.0 if dataset.client_l2 is None else float(dataset.client_l2[partition_id]))
     if dataset.client is not None:
         return *dataset.client(partition_id), l2
     idx = partition_indices(cfg, seed)[partition_id]

@@ -87,14 +87,16 @@ def _gram(a: np.ndarray) -> np.ndarray:
     return a.T @ a
 
 
-def _signed_rows(ds: Dataset, splits: list[np.ndarray] | None) -> list[tuple[np.ndarray, float]]:
-    """Per client: its rows times (2 b_j - 1) in float64, and lambda_i.
+def _signed_rows(
+    ds: Dataset, splits: list[np.ndarray] | None, extra_l2: float = 0.0
+) -> list[tuple[np.ndarray, float]]:
+    """Per client: its rows times (2 b_j - 1) in float64, and lambda_i (+ extra_l2).
 
     `splits=None` means the dataset's natural split, or the whole train set as one client.
     """
     if splits is None:
         splits = ds.client_splits or [np.arange(len(ds.y_train))]
-    l2 = ds.client_l2 if ds.client_l2 is not None else np.zeros(len(splits))
+    l2 = (ds.client_l2 if ds.client_l2 is not None else np.zeros(len(splits))) + extra_l2
     return [
         (ds.x_train[idx].astype(np.float64) * (2.0 * ds.y_train[idx] - 1.0)[:, None], float(lam))
         for idx, lam in zip(splits, l2, strict=True)
@@ -128,10 +130,15 @@ def logreg_loss_grad(
 
 
 def logreg_optimum(
-    ds: Dataset, splits: list[np.ndarray] | None = None, tol: float = 1e-12, max_iter: int = 100
+    ds: Dataset,
+    splits: list[np.ndarray] | None = None,
+    extra_l2: float = 0.0,
+    tol: float = 1e-12,
+    max_iter: int = 100,
 ) -> np.ndarray:
-    """x* of F, by Newton's method with exact Hessians and backtracking, to ||grad|| <= tol."""
-    clients = _signed_rows(ds, splits)
+    """x* of F (+ (extra_l2/2)||x||^2), by Newton's method with exact Hessians and
+    backtracking, to ||grad|| <= tol."""
+    clients = _signed_rows(ds, splits, extra_l2)
     x = np.zeros(ds.x_train.shape[1])
     for _ in range(max_iter):
         loss, grad = _loss_grad(clients, x)
