@@ -34,6 +34,9 @@ class ServerHalf:
     params: type[AlgorithmParams]
     strategy: Callable[..., Any]  # (scenario, partitions) -> flwr.serverapp.strategy.Strategy
     doc: str = ""
+    # (scenario) -> scenario with data-dependent settings (e.g. gamma = 1/L) made concrete,
+    # run when the scenario is loaded; a ValueError "algorithm.key: ..." rejects it
+    resolve: Callable[[Any], Any] | None = None
 
 
 SERVER_HALVES: Registry[ServerHalf] = Registry("algorithm (server half)")

@@ -162,9 +162,14 @@ def validate(raw: dict[str, Any]) -> Scenario:
     except ValidationError as e:
         raise ScenarioError(_one_line(e, ("algorithm",), params_cls)) from None
     try:
-        return Scenario.model_validate({**raw, "algorithm": algorithm})
+        scenario = Scenario.model_validate({**raw, "algorithm": algorithm})
     except ValidationError as e:
         raise ScenarioError(_one_line(e, (), Scenario)) from None
+    resolve = SERVER_HALVES.get(name).resolve
+    try:
+        return resolve(scenario) if resolve else scenario
+    except ValueError as e:
+        raise ScenarioError(f"scenario.{e}") from None
 
 
 def _one_line(err: ValidationError, prefix: tuple[str, ...], model: type[BaseModel]) -> str:

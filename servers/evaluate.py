@@ -7,19 +7,35 @@ import torch
 
 from fedsim.config import Scenario
 from fedsim.data import Dataset, load_dataset, partition_indices
-from fedsim.data.logreg import logreg_optimum
+from fedsim.data.logreg import logreg_constants, logreg_optimum
 from fedsim.models import bind, build_model, loss_fn, predict
 
 
-def known_optimum(scenario: Scenario, ds: Dataset) -> np.ndarray | None:
-    """x* of (1/n) sum_i f_i (+ an l2 consensus regularizer) for bias-free binary logistic
-    regression on data held in memory, else None (no optimum for l1-regularised runs)."""
+def convex_problem(scenario: Scenario) -> tuple[Dataset, list[np.ndarray], float] | None:
+    """(data, client splits, l2 added to every client) when the scenario is bias-free binary
+    logistic regression on data held in memory, the problems fedsim knows x*, L and mu of."""
     m, cfg = scenario.model, scenario.data
-    reg = getattr(scenario.algorithm, "regularizer", "none")
-    if m.name != "logreg" or m.bias or ds.num_classes != 2 or ds.client is not None or reg == "l1":
+    ds = load_dataset(cfg, scenario.seed)
+    if m.name != "logreg" or m.bias or ds.num_classes != 2 or ds.client is not None:
         return None
-    extra = cfg.l2 + (scenario.algorithm.reg if reg == "l2" else 0.0)
-    return logreg_optimum(ds, partition_indices(cfg, scenario.seed), extra).astype(np.float64)
+    return ds, partition_indices(cfg, scenario.seed), cfg.l2
+
+
+def client_constants(scenario: Scenario) -> tuple[list[float], list[float]] | None:
+    """Each client's smoothness L_i and strong convexity mu_i, for a convex problem."""
+    problem = convex_problem(scenario)
+    return None if problem is None else logreg_constants(*problem)
+
+
+def known_optimum(scenario: Scenario) -> np.ndarray | None:
+    """x* of (1/n) sum_i f_i (+ an l2 consensus regularizer) by Newton's method, for a
+    convex problem (none for l1-regularised runs)."""
+    problem, reg = convex_problem(scenario), getattr(scenario.algorithm, "regularizer", "none")
+    if problem is None or reg == "l1":
+        return None
+    ds, splits, l2 = problem
+    extra = l2 + (scenario.algorithm.reg if reg == "l2" else 0.0)
+    return logreg_optimum(ds, splits, extra).astype(np.float64)
 
 
 class Evaluator:
@@ -35,7 +51,7 @@ class Evaluator:
         self.targets = torch.as_tensor(ds.y_test, device=dev)
         self.loss = loss_fn(ds.num_classes)
         self.device = dev
-        self.optimum = known_optimum(scenario, ds)
+        self.optimum = known_optimum(scenario)
         if self.optimum is not None:
             self.dist0 = float(np.sum((self.x0.numpy().astype(np.float64) - self.optimum) ** 2))
 

@@ -22,16 +22,18 @@ show as `updated: false` in metrics.jsonl, with their `failures` and `dropouts`.
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 import numpy as np
 from flwr.app import MetricRecord
 from pydantic import Field, field_validator, model_validator
 
 from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
-from fedsim.data import load_dataset
+from fedsim.config import Scenario
 from fedsim.seeding import derive_seed, shared_coordinates
 
+from .evaluate import client_constants
 from .fedavg import FedAvg
 
 COIN_STREAM, COORDINATE_STREAM = 31, 32
@@ -41,8 +43,12 @@ class ProxSkipParams(AlgorithmParams):
     """gamma (client_lr), the communication probability p, GradSkip's q_i, GradSkip+'s
     rand-k fractions and regularizer."""
 
-    p: float = Field(0.1, gt=0, le=1, description="probability of communicating per iteration")
-    client_lr: float = Field(0.1, gt=0, description="gamma")
+    p: Annotated[float, Field(gt=0, le=1)] | Literal["1/sqrt(kappa)"] = Field(
+        0.1, description="probability of communicating per iteration (theory: 1/sqrt(kappa))"
+    )
+    client_lr: Annotated[float, Field(gt=0)] | Literal["1/L"] = Field(
+        0.1, description="gamma (theory: 1/L_max)"
+    )
     batch_size: int = Field(0, ge=0, description="0: full gradients")
     q: float | list[float] | Literal["theory"] = Field(
         1.0, description="GradSkip: P(keep computing); 1 = ProxSkip; 'theory' from kappa_i"
@@ -99,12 +105,33 @@ def round_length(p: float, seed: int, server_round: int) -> int:
     return int(np.random.default_rng(derive_seed(seed, server_round, COIN_STREAM)).geometric(p))
 
 
-def theory_q(kappas: list[float] | None) -> list[float]:
-    """GradSkip's q_i = (1 - 1/kappa_i) / (1 - 1/kappa_max): well-conditioned clients skip more."""
-    if not kappas:
-        raise ValueError("algorithm.q: 'theory' needs a dataset with per-client kappa (logreg)")
-    k_max = max(kappas)
-    return [(1 - 1 / k) / (1 - 1 / k_max) for k in kappas]
+THEORY = {"client_lr": "1/L", "p": "1/sqrt(kappa)", "q": "theory"}
+
+
+def theory_settings(scenario: Scenario) -> Scenario:
+    """The theory's gamma = 1/L_max, p = 1/sqrt(kappa_max) and GradSkip's
+    q_i = (1 - 1/kappa_i) / (1 - 1/kappa_max) (well-conditioned clients skip more), with
+    kappa_i = L_i / mu_i, wherever the scenario asks for them."""
+    a = scenario.algorithm
+    wanted = [k for k, v in THEORY.items() if getattr(a, k) == v]
+    if not wanted:
+        return scenario
+    constants = client_constants(scenario)
+    if constants is None or min(constants[1]) <= 0:
+        raise ValueError(
+            f"algorithm.{wanted[0]}: {THEORY[wanted[0]]!r} needs a strongly convex problem"
+            " (bias-free binary logistic regression with l2 > 0)"
+        )
+    smooth, mu = constants
+    kappa = [big / small for big, small in zip(smooth, mu, strict=True)]
+    k_max = max(kappa)
+    theory = {
+        "client_lr": 1.0 / max(smooth),
+        "p": min(1.0, 1.0 / math.sqrt(k_max)),
+        "q": [(1 - 1 / k) / (1 - 1 / k_max) if k_max > 1 else 1.0 for k in kappa],
+    }
+    update = {k: theory[k] for k in wanted}
+    return scenario.model_copy(update={"algorithm": a.model_copy(update=update)})
 
 
 class ProxSkip(FedAvg):
@@ -114,8 +141,6 @@ class ProxSkip(FedAvg):
         super().__init__(scenario, partitions)
         self.server_lr = 1.0
         q = scenario.algorithm.q
-        if q == "theory":
-            q = theory_q(load_dataset(scenario.data, scenario.seed).meta.get("kappa"))
         self.q = q if isinstance(q, list) else [q] * len(partitions)
         if len(self.q) != len(partitions):
             raise ValueError(f"algorithm.q: needs one value per client ({len(partitions)})")
@@ -153,4 +178,4 @@ for _name, _doc in (
     ("gradskip", "GradSkip: ProxSkip where client i stops computing w.p. 1 - q_i"),
     ("gradskip_plus", "GradSkip+: rand-k compression operators for both coins, general prox"),
 ):
-    SERVER_HALVES.register(_name, ServerHalf(ProxSkipParams, ProxSkip, _doc), _doc)
+    SERVER_HALVES.register(_name, ServerHalf(ProxSkipParams, ProxSkip, _doc, theory_settings), _doc)

@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from fedsim.clients.app import app as client_app
 from fedsim.clients.proxskip import ROUND, STATE, resume
 from fedsim.codecs import pack, unpack
-from fedsim.config import load_scenario
+from fedsim.config import ScenarioError, load_scenario
 from fedsim.data import load_dataset
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
@@ -184,3 +184,23 @@ def test_q_must_be_a_probability():
         ScenarioError, match=r"scenario.algorithm.q: \[0.5, 1.5, 1.0, 1.0\] must lie in"
     ):
         scenario("gradskip", q=[0.5, 1.5, 1.0, 1.0])
+
+
+def test_theory_settings_come_from_the_problem_constants():
+    s = scenario("gradskip", client_lr="1/L", p="1/sqrt(kappa)", q="theory")
+    meta = load_dataset(s.data, s.seed).meta  # the generator's own L_i, mu_i
+    kappa_max = max(meta["kappa"])
+    assert s.algorithm.client_lr == pytest.approx(1 / max(meta["L"]), rel=1e-9)
+    assert s.algorithm.p == pytest.approx(kappa_max**-0.5, rel=1e-9)
+    expected = [(1 - 1 / k) / (1 - 1 / kappa_max) for k in meta["kappa"]]
+    assert s.algorithm.q == pytest.approx(expected, rel=1e-9)
+
+
+def test_theory_settings_need_a_strongly_convex_problem(tmp_path):
+    raw = {
+        "data": {"dataset": "digits", "num_clients": 3},
+        "model": {"name": "mlp"},
+        "algorithm": {"name": "proxskip", "client_lr": "1/L"},
+    }
+    with pytest.raises(ScenarioError, match=r"^scenario\.algorithm\.client_lr: '1/L' needs"):
+        load_scenario(raw)

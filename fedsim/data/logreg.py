@@ -129,6 +129,15 @@ def logreg_loss_grad(
     return _loss_grad(_signed_rows(ds, splits), np.asarray(x, dtype=np.float64))
 
 
+def logreg_constants(
+    ds: Dataset, splits: list[np.ndarray] | None = None, extra_l2: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """Each client's L_i = lambda_max(A_i^T A_i) / (4 m_i) + lambda_i and mu_i = lambda_i."""
+    clients = _signed_rows(ds, splits, extra_l2)
+    smooth = [np.linalg.eigvalsh(_gram(c))[-1] / (4 * len(c)) + lam for c, lam in clients]
+    return smooth, [lam for _, lam in clients]
+
+
 def logreg_optimum(
     ds: Dataset,
     splits: list[np.ndarray] | None = None,
