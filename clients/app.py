@@ -8,17 +8,19 @@ Simulation Engine and on a SuperNode.
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.algorithms import CLIENT_HALVES
-from fedsim.codecs import CODECS
-from fedsim.heterogeneity import failure_of
-from fedsim.seeding import torch_generator
+from fedsim.algorithms import CLIENT_HALVES, MODEL_CODEC
+from fedsim.codecs import codec, pack
+from fedsim.heterogeneity import adversaries_of, corrupt, failure_of
+from fedsim.seeding import derive_seed, torch_generator
 
-from .training import ClientJob, RoundSpec, objective_for
+from .training import ClientJob, ClientUpdate, RoundSpec, objective_for
 
 app = ClientApp()
+CODEC_STREAM = 41
 
 
 def partition_id(context: Context) -> int:
@@ -42,7 +44,8 @@ def train(msg: Message, context: Context) -> Message:
     if failure_of(spec.failures, spec.seed, rnd, pid) == "raise":
         raise RuntimeError(f"injected failure: partition {pid} raises in round {rnd}")
     objective = objective_for(spec_text, pid)
-    received = CODECS.get("fp32").decode(msg.content["arrays"])
+    model_codec = str(config.get(MODEL_CODEC, "fp32"))
+    received = codec(model_codec).decode(msg.content["arrays"]) if model_codec else None
     job = ClientJob(
         round=rnd,
         partition_id=pid,
@@ -50,12 +53,13 @@ def train(msg: Message, context: Context) -> Message:
         objective=objective,
         inbox=msg.content["arrays"],
         received=received,
-        x=objective.load(received),
+        x=None if received is None else objective.load(received),
         rng=torch_generator(spec.seed, rnd, pid),
         state=context.state,
         config=config,
     )
     update = CLIENT_HALVES.get(spec.params.name)(job)
+    payload = encode(update, spec, rnd, pid)
     metrics = MetricRecord(
         {
             "num-examples": objective.n,
@@ -65,4 +69,18 @@ def train(msg: Message, context: Context) -> Message:
             "work": update.work,
         }
     )
-    return Message(RecordDict({"arrays": update.payload, "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": payload, "metrics": metrics}), reply_to=msg)
+
+
+def encode(update: ClientUpdate, spec: RoundSpec, rnd: int, pid: int) -> ArrayRecord:
+    """The reply's arrays: the update's vector (as an adversary corrupts it) in its wire
+    format, plus its side arrays."""
+    vector = update.vector
+    adv = spec.adversaries
+    if adv.fraction and pid in adversaries_of(adv, spec.data.num_clients, spec.seed):
+        vector = corrupt(adv, vector, spec.seed, rnd, pid)
+    rng = np.random.default_rng(derive_seed(spec.seed, rnd, pid, CODEC_STREAM))
+    payload = codec(update.codec).encode(vector, rng)
+    for key, side in update.extra.items():
+        payload[key] = pack(np.asarray(side, dtype=np.float32))
+    return payload

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.algorithms import CLIENT_HALVES
-from fedsim.codecs import CODECS
 
-from .training import ClientJob, ClientUpdate, minibatches, steps_for
+from .training import ClientJob, ClientUpdate, error_feedback, minibatches, steps_for
 
 
 def sgd_steps(job: ClientJob) -> tuple[float, int, int]:
@@ -22,11 +21,17 @@ def sgd_steps(job: ClientJob) -> tuple[float, int, int]:
     return total / max(steps, 1), steps, work
 
 
+def compressed(job: ClientJob, delta: np.ndarray) -> np.ndarray:
+    """The delta to send in the uplink format, through error feedback if asked for."""
+    p = job.params
+    return error_feedback(job.state, delta, p.uplink) if p.error_feedback else delta
+
+
 def local_sgd(job: ClientJob) -> ClientUpdate:
     loss, steps, work = sgd_steps(job)
     x = job.x.cpu().numpy()  # the local iterate; ours to overwrite with the delta
     delta = np.subtract(job.received, x, out=x)
-    return ClientUpdate(CODECS.get("fp32").encode(delta), loss, steps, work)
+    return ClientUpdate(compressed(job, delta), loss, steps, work, codec=job.params.uplink)
 
 
 CLIENT_HALVES.register("fedavg", local_sgd, "FedAvg: local SGD epochs, weighted average")

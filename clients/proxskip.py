@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsim.algorithms import CLIENT_HALVES
-from fedsim.codecs import CODECS, pack, unpack
+from fedsim.codecs import pack, unpack
 from fedsim.servers.proxskip import communicated, consensus_step
 
 from .training import ClientJob, ClientUpdate, minibatches
@@ -101,7 +101,7 @@ def proxskip(job: ClientJob) -> ClientUpdate:
     delta = job.received - sent
     idx = communicated(p, d, job.spec.seed, job.round)
     delta = delta if idx is None else delta[idx]
-    return ClientUpdate(CODECS.get("fp32").encode(delta), total / max(computed, 1), computed, work)
+    return ClientUpdate(delta, total / max(computed, 1), computed, work)
 
 
 for _name, _doc in (

@@ -14,8 +14,10 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.algorithms import CLIENT_HALVES
-from fedsim.codecs import VECTOR_KEY, pack, unpack
+from fedsim.codecs import pack, unpack
+from fedsim.servers.scaled_sgd import PRECONDITIONER, STATISTIC
 
+from .local_sgd import compressed
 from .training import ClientJob, ClientUpdate, minibatches, steps_for
 
 LOCAL_V = "scaled-local-v"
@@ -37,7 +39,11 @@ def scaled_local_sgd(job: ClientJob) -> ClientUpdate:
     f.bind(job.x)
     plain = p.preconditioner == "none"  # the baseline: D_hat = 1, nothing extra sent
     s = None if plain else statistic(job)
-    d = torch.ones_like(job.x) if plain else torch.from_numpy(np.array(unpack(job.inbox["d"])))
+    d = (
+        torch.ones_like(job.x)
+        if plain
+        else torch.from_numpy(np.array(unpack(job.inbox[PRECONDITIONER])))
+    )
     d = d.to(job.x.device)
     if p.variant == "local":
         saved = job.state.get(LOCAL_V)
@@ -66,10 +72,10 @@ def scaled_local_sgd(job: ClientJob) -> ClientUpdate:
     if p.variant == "local":
         job.state[LOCAL_V] = ArrayRecord({"v": pack(v.cpu().numpy())})
     delta = job.received - job.x.cpu().numpy()
-    payload = ArrayRecord({VECTOR_KEY: pack(delta)})
-    if s is not None:
-        payload["s"] = pack(s.cpu().numpy())
-    return ClientUpdate(payload, total / max(steps, 1), steps + int(s is not None), work)
+    extra = {} if s is None else {STATISTIC: s.cpu().numpy()}
+    delta = compressed(job, delta)
+    evals = steps + int(s is not None)
+    return ClientUpdate(delta, total / max(steps, 1), evals, work, p.uplink, extra)
 
 
 CLIENT_HALVES.register("scaled_sgd", scaled_local_sgd, "Local SGD with Adam/RMSProp/OASIS scaling")

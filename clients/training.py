@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -14,9 +14,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from fedsim.codecs import readonly_tensor
+from fedsim.codecs import codec, pack, readonly_tensor, unpack
 from fedsim.data import DataConfig, client_data, load_dataset
-from fedsim.heterogeneity import Failures
+from fedsim.heterogeneity import Adversaries, Failures
 from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
 
 
@@ -30,6 +30,7 @@ class RoundSpec:
     model: ModelConfig
     params: SimpleNamespace  # the algorithm's hyperparameters
     failures: Failures  # injected failures (the ClientApp raises when its coin says so)
+    adversaries: Adversaries  # Byzantine clients (the ClientApp corrupts what they send)
 
     @staticmethod
     @lru_cache(maxsize=8)
@@ -42,6 +43,7 @@ class RoundSpec:
             model=ModelConfig.model_validate(d["model"]),
             params=SimpleNamespace(**d["algorithm"]),
             failures=Failures.model_validate(d["failures"]),
+            adversaries=Adversaries.model_validate(d["adversaries"]),
         )
 
 
@@ -163,8 +165,8 @@ class ClientJob:
     spec: RoundSpec
     objective: LocalObjective
     inbox: ArrayRecord  # every array the server sent (the model and any method extras)
-    received: np.ndarray  # the model as received (read-only)
-    x: torch.Tensor  # a writable copy on the device for the local iterates (reused buffer)
+    received: np.ndarray | None  # the model as received (read-only); None if not sent
+    x: torch.Tensor | None  # a writable copy of it on the device (reused buffer)
     rng: torch.Generator  # derived from (seed, round, partition id)
     state: RecordDict  # Context.state: persists across rounds on this node
     config: ConfigRecord  # the round's config as sent by the server
@@ -176,9 +178,26 @@ class ClientJob:
 
 @dataclass
 class ClientUpdate:
-    """What a client half returns: the payload to send and its metrics."""
+    """What a client half returns: the vector to send, its wire format, and its metrics."""
 
-    payload: ArrayRecord
+    vector: np.ndarray  # what the method sends (an adversary corrupts this one)
     train_loss: float
     grad_evals: int  # gradient evaluations (one per local step)
     work: int  # training examples processed, for the simulated clock
+    codec: str = "fp32"  # the vector's wire format (a fedsim.codecs spec)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # side arrays, sent as float32
+
+
+FEEDBACK = "error-feedback"  # Context.state key of the error memory e
+
+
+def error_feedback(state: RecordDict, v: np.ndarray, spec: str) -> np.ndarray:
+    """C(v + e) as the server will decode it, keeping e <- (v + e) - C(v + e) in `state`:
+    what compression drops is sent later (Karimireddy et al., 2019)."""
+    p = np.asarray(v, dtype=np.float32)
+    if FEEDBACK in state:
+        p = p + unpack(state[FEEDBACK]["e"])
+    c = codec(spec)
+    sent = c.decode(c.encode(p))
+    state[FEEDBACK] = ArrayRecord({"e": pack(p - sent)})
+    return sent

@@ -39,6 +39,9 @@ class ServerHalf:
     resolve: Callable[[Any], Any] | None = None
 
 
+# The round config's key naming the model's wire format in `arrays` ("" = no model sent)
+MODEL_CODEC = "model-codec"
+
 SERVER_HALVES: Registry[ServerHalf] = Registry("algorithm (server half)")
 CLIENT_HALVES: Registry[Callable[..., Any]] = Registry("algorithm (client half)")
 

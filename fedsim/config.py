@@ -203,5 +203,8 @@ def client_spec(scenario: Scenario) -> str:
     """The JSON a client receives in every round's config (`spec`): what it needs to train."""
     d = scenario.to_dict()
     keys = ("seed", "device", "data", "model", "algorithm")
-    spec = {k: d[k] for k in keys} | {"failures": d["system"]["failures"]}
+    spec = {k: d[k] for k in keys} | {
+        "failures": d["system"]["failures"],
+        "adversaries": d["system"]["adversaries"],
+    }
     return json.dumps(spec, sort_keys=True)

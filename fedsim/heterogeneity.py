@@ -23,6 +23,7 @@ from fedsim.seeding import derive_seed
 
 # independent random streams per purpose
 PROFILE_STREAM, AVAILABILITY_STREAM, FAILURE_STREAM = 11, 12, 13
+ADVERSARY_STREAM, ATTACK_STREAM = 14, 15
 
 
 class Dist(BaseModel):
@@ -94,6 +95,39 @@ class Failures(BaseModel):
     vanish_p: float = Field(0.0, ge=0, lt=1, description="the reply is lost mid-round")
 
 
+class Adversaries(BaseModel):
+    """Byzantine clients: round(fraction * n) partitions, drawn once from the seed, corrupt the
+    vector they send (before it is encoded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.0, ge=0, lt=1, description="share of clients that attack")
+    kind: Literal["sign_flip", "random_sign", "scaled", "nan"] = Field(
+        "sign_flip", description="send -v, |v| with random signs, scale * v, or NaNs"
+    )
+    scale: float = Field(-10.0, description="scaled: the factor")
+
+
+def adversaries_of(a: Adversaries, n: int, seed: int) -> frozenset[int]:
+    """The attacking partitions (the same set on the server and on every client)."""
+    k = round(a.fraction * n)
+    rng = np.random.default_rng(derive_seed(seed, ADVERSARY_STREAM))
+    return frozenset(rng.permutation(n)[:k].tolist())
+
+
+def corrupt(a: Adversaries, v: np.ndarray, seed: int, server_round: int, pid: int) -> np.ndarray:
+    """What an adversary sends instead of v."""
+    v = np.asarray(v, dtype=np.float32)
+    if a.kind == "sign_flip":
+        return -v
+    if a.kind == "scaled":
+        return np.float32(a.scale) * v
+    if a.kind == "nan":
+        return np.full_like(v, np.nan)
+    rng = np.random.default_rng(derive_seed(seed, server_round, pid, ATTACK_STREAM))
+    return np.abs(v) * rng.choice(np.array([-1, 1], dtype=np.float32), v.size)
+
+
 class SystemConfig(BaseModel):
     """The `[system]` table: client profiles, availability, failures and the round policy."""
 
@@ -105,6 +139,7 @@ class SystemConfig(BaseModel):
     latency_s: Quantity = Field(0.05, description="fixed per-round delay, seconds")
     availability: Availability = Field(default_factory=Availability)
     failures: Failures = Field(default_factory=Failures)
+    adversaries: Adversaries = Field(default_factory=Adversaries)
     policy: Literal["wait_all", "deadline", "overcommit", "fedbuff"] = "wait_all"
     deadline_s: float = Field(math.inf, gt=0, description="deadline policy: later replies drop")
     overcommit: float = Field(0.0, ge=0, description="overcommit: invite ceil(k (1 + o))")

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 from flwr.app import Message, MetricRecord
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedsim.codecs import readonly_tensor
 
@@ -46,12 +47,36 @@ class WeightedSum:
         return (self.total / self.weight).numpy()
 
 
+class CoordinateWise:
+    """Unweighted coordinate-wise median, or trimmed mean cutting `trim` of the values at each
+    end (Flower's FedMedian and FedTrimmedAvg rules): robust, but every vector is kept."""
+
+    def __init__(self, kind: str, trim: float) -> None:
+        self.kind, self.trim, self.vectors = kind, trim, []
+        self.weight = 0.0
+
+    def add(self, v: np.ndarray, w: float) -> None:
+        self.vectors.append(np.array(v, dtype=np.float32))
+        self.weight += 1.0
+
+    def mean(self) -> np.ndarray:
+        stacked = np.stack(self.vectors)
+        if self.kind == "median":
+            return np.median(stacked, axis=0).astype(np.float32)
+        return np.asarray(trim_mean(stacked, self.trim), dtype=np.float32)
+
+
+def aggregator(kind: str = "mean", trim: float = 0.0) -> WeightedSum | CoordinateWise:
+    """The running weighted mean, or a robust coordinate-wise rule."""
+    return WeightedSum() if kind == "mean" else CoordinateWise(kind, trim)
+
+
 class ClientMetrics:
-    """train_loss weighted by examples; grad_evals and work summed."""
+    """train_loss weighted by examples; grad_evals and work summed; rejected updates counted."""
 
     def __init__(self) -> None:
         self.examples = self.loss = 0.0
-        self.grad_evals = self.work = 0
+        self.grad_evals = self.work = self.rejected = 0
 
     def add(self, m: MetricRecord) -> None:
         n = float(m["num-examples"])
@@ -68,5 +93,6 @@ class ClientMetrics:
                 "train_loss": self.loss / self.examples,
                 "grad_evals": self.grad_evals,
                 "work": self.work,
+                "rejected": self.rejected,
             }
         )

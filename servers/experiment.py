@@ -146,6 +146,7 @@ def run_experiment(
             "bytes_up": sum(tally.bytes_up.values()),
             "bytes_down": sum(down.values()),
             "grad_evals": 0 if agg is None else int(agg["grad_evals"]),
+            "rejected": 0 if agg is None else int(agg["rejected"]),
             "updated": updated,
             "sim_time_s": clock,
             "wall_s": time.perf_counter() - start,

@@ -8,19 +8,20 @@ runtime adds them up in the same order.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
-from fedsim.codecs import CODECS
+from fedsim.algorithms import MODEL_CODEC, SERVER_HALVES, AlgorithmParams, ServerHalf
+from fedsim.codecs import CODECS, check_codec_spec, codec
 from fedsim.config import Scenario, client_spec
 from fedsim.heterogeneity import invitations
 
-from .aggregate import ClientMetrics, WeightedSum, in_cohort_order
+from .aggregate import ClientMetrics, aggregator, in_cohort_order
 from .nodes import cohort_size, sample_partitions
 
 
@@ -32,6 +33,25 @@ class LocalSGDParams(AlgorithmParams):
     batch_size: int = Field(32, ge=0, description="0 means full-batch gradients")
     client_lr: float = Field(0.1, gt=0)
     server_lr: float = Field(1.0, gt=0)
+    uplink: str = Field("fp32", description="wire format of the model delta (a codec spec)")
+    error_feedback: bool = Field(False, description="add the last compression error back")
+    downlink: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="the model's format")
+    aggregation: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
+
+    @field_validator("uplink")
+    @classmethod
+    def _known_codec(cls, spec: str) -> str:
+        return check_codec_spec(spec)
+
+    @model_validator(mode="after")
+    def _feedback_needs_a_deterministic_codec(self) -> LocalSGDParams:
+        if self.error_feedback and codec(self.uplink).random:
+            raise ValueError(
+                f"error_feedback needs a deterministic uplink codec, not {self.uplink!r}"
+                " (error feedback is for biased compressors: sign, scaled_sign, topk, fp16)"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -65,7 +85,9 @@ class FedAvg(FlowerFedAvg):
         self.scenario, self.partitions = scenario, partitions
         self.server_lr = getattr(p, "server_lr", 1.0)
         self.spec = client_spec(scenario)
-        self.codec = CODECS.get("fp32")
+        self.codec = CODECS.get("fp32")  # the model between the round loop and the strategy
+        self.uplink = codec(getattr(p, "uplink", "fp32"))
+        self.downlink = codec(getattr(p, "downlink", "fp32"))
         self.x: np.ndarray | None = None
         self.round = 0  # the round being configured or aggregated
         self.eligible = list(partitions)  # available partitions; the round loop updates it
@@ -79,16 +101,33 @@ class FedAvg(FlowerFedAvg):
     ) -> Iterable[Message]:
         """Sample the cohort and send each client the model and the round config."""
         self.x, self.round = self.codec.decode(arrays), server_round
+        if self.downlink.spec != "fp32":  # everyone, the server included, uses the rounded x
+            arrays = self.downlink.encode(self.x)
+            self.x = self.downlink.decode(arrays)
         s, p = self.scenario, self.scenario.algorithm
         self.target = cohort_size(len(self.eligible), p.fraction, p.min_clients)
         invite = min(len(self.eligible), invitations(s.system, self.target))
         cohort = sample_partitions(self.eligible, invite, s.seed, server_round)
         self.cohort = [self.partitions[pid] for pid in cohort]
         extra = self.round_config(server_round)
-        config = ConfigRecord({**config, **extra, "server-round": server_round, "spec": self.spec})
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        config = ConfigRecord(
+            {
+                **config,
+                **extra,
+                "server-round": server_round,
+                "spec": self.spec,
+                MODEL_CODEC: self.downlink.spec,
+            }
+        )
         train = MessageType.TRAIN
-        return [Message(content, dst_node_id=n, message_type=train) for n in self.cohort]
+        return [
+            Message(self.content(n, arrays, config), dst_node_id=n, message_type=train)
+            for n in self.cohort
+        ]
+
+    def content(self, node: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """What node `node` is sent: the model and the round config."""
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
 
     def round_config(self, server_round: int) -> dict:
         """Method-specific entries of the round's config (shared by the whole cohort)."""
@@ -116,14 +155,19 @@ class FedAvg(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Apply the example-weighted mean of the client deltas with the server step size."""
-        deltas, metrics, used = WeightedSum(), ClientMetrics(), []
+        p = self.scenario.algorithm
+        deltas = aggregator(getattr(p, "aggregation", "mean"), getattr(p, "trim", 0.0))
+        metrics, used = ClientMetrics(), []
         for msg in in_cohort_order(replies, self.cohort):
             if msg.has_error():
                 continue
-            m = msg.content["metrics"]
-            used.append(int(m["partition-id"]))
-            deltas.add(self.update_of(msg), self.weight(m))
+            m, update = msg.content["metrics"], self.update_of(msg)
             metrics.add(m)
+            if not np.isfinite(update).all():  # NaN or inf: never let it into the model
+                metrics.rejected += 1
+                continue
+            used.append(int(m["partition-id"]))
+            deltas.add(update, self.weight(m))
         if not self.accept(len(used)):
             return None, metrics.record()  # the model stays; the round is void
         self.aggregated, self.last_applied = used, server_round
@@ -131,14 +175,14 @@ class FedAvg(FlowerFedAvg):
 
     def update_of(self, reply: Message) -> np.ndarray:
         """A reply's update vector (the model delta x - x_i for FedAvg)."""
-        return self.codec.decode(reply.content["arrays"])
+        return self.uplink.decode(reply.content["arrays"])
 
     def step(self, mean: np.ndarray) -> np.ndarray:
         """The new model from the weighted mean of the updates."""
         return self.x - np.float32(self.server_lr) * mean
 
     def accept(self, replies: int) -> bool:
-        """Whether a round with this many usable replies updates the model (any will do)."""
+        """Whether a round with this many usable replies updates the model (one will do)."""
         return replies > 0
 
 

@@ -127,7 +127,7 @@ def run_fedbuff(grid: Grid, scenario: Scenario, out_dir: Path | str) -> np.ndarr
             failures += 1
             dispatch(clock)
             continue
-        delta = codec.decode(arrival.reply.content["arrays"])
+        delta = strategy.update_of(arrival.reply)
         buffer.add(delta, version - arrival.version, arrival)
         if buffer.count < cfg.buffer_k:
             dispatch(clock)

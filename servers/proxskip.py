@@ -126,9 +126,9 @@ def theory_settings(scenario: Scenario) -> Scenario:
     kappa = [big / small for big, small in zip(smooth, mu, strict=True)]
     k_max = max(kappa)
     theory = {
-        "client_lr": 1.0 / max(smooth),
-        "p": min(1.0, 1.0 / math.sqrt(k_max)),
-        "q": [(1 - 1 / k) / (1 - 1 / k_max) if k_max > 1 else 1.0 for k in kappa],
+        "client_lr": float(1.0 / max(smooth)),
+        "p": float(min(1.0, 1.0 / math.sqrt(k_max))),
+        "q": [float((1 - 1 / k) / (1 - 1 / k_max)) if k_max > 1 else 1.0 for k in kappa],
     }
     update = {k: theory[k] for k in wanted}
     return scenario.model_copy(update={"algorithm": a.model_copy(update=update)})

@@ -23,6 +23,8 @@ from fedsim.codecs import VECTOR_KEY, pack, unpack
 from .aggregate import WeightedSum
 from .fedavg import FedAvg, LocalSGDParams
 
+STATISTIC, PRECONDITIONER = "stat", "dhat"  # side arrays: s_i up, D_hat down
+
 
 class ScaledParams(LocalSGDParams):
     preconditioner: Literal["none", "adam", "rmsprop", "oasis"] = "rmsprop"
@@ -51,7 +53,7 @@ class ScaledLocalSGD(FedAvg):
         x = arrays[VECTOR_KEY]
         if self.d is None:
             self.d = np.ones(unpack(x).shape, dtype=np.float32)
-        down = ArrayRecord({VECTOR_KEY: x, "d": pack(self.d)})
+        down = ArrayRecord({VECTOR_KEY: x, PRECONDITIONER: pack(self.d)})
         return super().configure_train(server_round, down, config, grid)
 
     def aggregate_train(
@@ -61,8 +63,8 @@ class ScaledLocalSGD(FedAvg):
 
         def tap() -> Iterator[Message]:
             for msg in replies:
-                if not msg.has_error() and "s" in msg.content["arrays"]:
-                    stats.add(unpack(msg.content["arrays"]["s"]), 1.0)
+                if not msg.has_error() and STATISTIC in msg.content["arrays"]:
+                    stats.add(unpack(msg.content["arrays"][STATISTIC]), 1.0)
                 yield msg
 
         arrays, metrics = super().aggregate_train(server_round, tap())

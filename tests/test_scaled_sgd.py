@@ -67,7 +67,7 @@ def test_scaled_local_sgd_matches_the_update_rules(tmp_path, kind):
         np.load(tmp_path / "final_model.npy"), reference(s, kind == "adam"), rtol=1e-4, atol=1e-6
     )
     d = 5
-    per_client = 2 * (4 * d + 128) + 2  # model + statistic up; model + D_hat down
+    per_client = 2 * (4 * d + 128) + 1 + 4  # model + statistic up; model + D_hat down
     for row in read_metrics(tmp_path):
         assert row["bytes_up"] == row["bytes_down"] == N * per_client
 
