@@ -52,7 +52,10 @@ def test_override_without_equals_is_an_error():
         ),
         (["algorithm.client_lr=-1"], "scenario.algorithm.client_lr: -1 is invalid"),
         (["algorithm.fraction=1.5"], "scenario.algorithm.fraction: 1.5 is invalid"),
-        (["algorithm.name=nope"], "scenario.algorithm.name: 'nope' is not one of ['ef_signsgd', 'fedavg'"),
+        (
+            ["algorithm.name=nope"],
+            "scenario.algorithm.name: 'nope' is not one of ['ef_signsgd', 'fedavg'",
+        ),
         (["data.alpha=0"], "scenario.data.alpha: 0"),
         (["data.dataset=mnist"], "scenario.data.dataset: 'mnist'"),
         (["model.name=resnet"], "scenario.model.name: 'resnet' is not one of"),
