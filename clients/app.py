@@ -15,6 +15,8 @@ from flwr.clientapp import ClientApp
 from fedsim.algorithms import CLIENT_HALVES, MODEL_CODEC
 from fedsim.codecs import codec, pack
 from fedsim.heterogeneity import adversaries_of, corrupt, failure_of
+from fedsim.privacy.mechanisms import clip, gaussian
+from fedsim.privacy.plan import sample_rate, spend
 from fedsim.seeding import derive_seed, torch_generator
 
 from .training import ClientJob, ClientUpdate, RoundSpec, objective_for
@@ -60,6 +62,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     update = CLIENT_HALVES.get(spec.params.name)(job)
     payload = encode(update, spec, rnd, pid)
+    privacy = spec.privacy
     metrics = MetricRecord(
         {
             "num-examples": objective.n,
@@ -69,17 +72,24 @@ def train(msg: Message, context: Context) -> Message:
             "work": update.work,
         }
     )
+    if privacy.mechanism in ("dp_sgd", "local"):  # this client's own budget so far
+        steps = update.grad_evals if privacy.mechanism == "dp_sgd" else 1
+        q = sample_rate(privacy, spec.params, objective.n)
+        metrics["epsilon"] = spend(context.state, privacy, q, steps)
     return Message(RecordDict({"arrays": payload, "metrics": metrics}), reply_to=msg)
 
 
 def encode(update: ClientUpdate, spec: RoundSpec, rnd: int, pid: int) -> ArrayRecord:
-    """The reply's arrays: the update's vector (as an adversary corrupts it) in its wire
-    format, plus its side arrays."""
-    vector = update.vector
+    """The reply's arrays: the update's vector (privatized under the `local` mechanism, as an
+    adversary corrupts it) in its wire format, plus its side arrays."""
+    vector, priv = update.vector, spec.privacy
+    rng = np.random.default_rng(derive_seed(spec.seed, rnd, pid, CODEC_STREAM))
+    if priv.mechanism == "local":  # clip, then noise, then encode
+        c = priv.max_grad_norm
+        vector = gaussian(clip(vector, c), priv.noise_multiplier * c, rng)
     adv = spec.adversaries
     if adv.fraction and pid in adversaries_of(adv, spec.data.num_clients, spec.seed):
         vector = corrupt(adv, vector, spec.seed, rnd, pid)
-    rng = np.random.default_rng(derive_seed(spec.seed, rnd, pid, CODEC_STREAM))
     payload = codec(update.codec).encode(vector, rng)
     for key, side in update.extra.items():
         payload[key] = pack(np.asarray(side, dtype=np.float32))

@@ -6,7 +6,7 @@ import numpy as np
 
 from fedsim.algorithms import CLIENT_HALVES
 
-from .training import ClientJob, ClientUpdate, error_feedback, minibatches, steps_for
+from .training import ClientJob, ClientUpdate, error_feedback, steps_for
 
 
 def sgd_steps(job: ClientJob) -> tuple[float, int, int]:
@@ -15,7 +15,7 @@ def sgd_steps(job: ClientJob) -> tuple[float, int, int]:
     f.bind(job.x)
     steps = steps_for(p, f.n)
     total, work = 0.0, 0
-    for idx in minibatches(f.n, p.batch_size, steps, job.rng, job.x.device):
+    for idx in f.batches(p.batch_size, steps, job.rng):
         total += f.sgd_step(idx, p.client_lr)
         work += f.n if idx is None else len(idx)
     return total / max(steps, 1), steps, work

@@ -26,7 +26,7 @@ from fedsim.algorithms import CLIENT_HALVES
 from fedsim.codecs import pack, unpack
 from fedsim.servers.proxskip import communicated, consensus_step
 
-from .training import ClientJob, ClientUpdate, minibatches
+from .training import ClientJob, ClientUpdate
 
 STATE, ROUND = "proxskip", "proxskip-round"
 
@@ -76,7 +76,7 @@ def proxskip(job: ClientJob) -> ClientUpdate:
     f.bind(job.x)
     iterations = int(job.config["local_steps"])
     total, computed, work, frozen = 0.0, 0, 0, False
-    for idx in minibatches(f.n, p.batch_size, iterations, job.rng, job.x.device):
+    for idx in f.batches(p.batch_size, iterations, job.rng):
         if frozen:  # x_hat = x and h_hat = grad f_i(x): nothing moves, nothing to compute
             continue
         loss, g = f.loss_grad(idx)

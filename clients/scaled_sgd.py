@@ -18,7 +18,7 @@ from fedsim.codecs import pack, unpack
 from fedsim.servers.scaled_sgd import PRECONDITIONER, STATISTIC
 
 from .local_sgd import compressed
-from .training import ClientJob, ClientUpdate, minibatches, steps_for
+from .training import ClientJob, ClientUpdate, steps_for
 
 LOCAL_V = "scaled-local-v"
 
@@ -26,7 +26,7 @@ LOCAL_V = "scaled-local-v"
 def statistic(job: ClientJob) -> torch.Tensor:
     """s at the round's start point, on one minibatch (full batch when batch_size is 0)."""
     f, p = job.objective, job.params
-    (idx,) = minibatches(f.n, p.batch_size, 1, job.rng, job.x.device)
+    (idx,) = f.batches(p.batch_size, 1, job.rng)
     if p.preconditioner == "oasis":
         z = torch.randint(0, 2, job.x.shape, generator=job.rng).to(job.x) * 2 - 1
         return z * f.hessian_vector(idx, z)
@@ -55,7 +55,7 @@ def scaled_local_sgd(job: ClientJob) -> ClientUpdate:
     m = torch.zeros_like(job.x)
     steps = steps_for(p, f.n)
     total, work = 0.0, 0
-    for idx in minibatches(f.n, p.batch_size, steps, job.rng, job.x.device):
+    for idx in f.batches(p.batch_size, steps, job.rng):
         work += f.n if idx is None else len(idx)
         if plain:  # exactly Local SGD's step
             total += f.sgd_step(idx, p.client_lr)

@@ -23,7 +23,7 @@ from fedsim.servers.signsgd import (
     scheduled,
 )
 
-from .training import ClientJob, ClientUpdate, error_feedback, minibatches
+from .training import ClientJob, ClientUpdate, error_feedback
 
 HELD, HELD_ROUND, MEMORY = "held-model", "held-round", "sign-memory"
 
@@ -57,7 +57,7 @@ def stochastic_gradient(job: ClientJob) -> tuple[float, torch.Tensor, int]:
     """(loss, gradient, examples) on one minibatch at the held model."""
     f = job.objective
     held_model(job)
-    (idx,) = minibatches(f.n, job.params.batch_size, 1, job.rng, job.x.device)
+    (idx,) = f.batches(job.params.batch_size, 1, job.rng)
     loss, g = f.loss_grad(idx)
     return loss, g, f.n if idx is None else len(idx)
 

@@ -18,6 +18,8 @@ from fedsim.codecs import codec, pack, readonly_tensor, unpack
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Adversaries, Failures
 from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
+from fedsim.privacy.config import PrivacyConfig
+from fedsim.privacy.mechanisms import PrivateGradients, poisson_batches
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class RoundSpec:
     params: SimpleNamespace  # the algorithm's hyperparameters
     failures: Failures  # injected failures (the ClientApp raises when its coin says so)
     adversaries: Adversaries  # Byzantine clients (the ClientApp corrupts what they send)
+    privacy: PrivacyConfig
 
     @staticmethod
     @lru_cache(maxsize=8)
@@ -44,16 +47,44 @@ class RoundSpec:
             params=SimpleNamespace(**d["algorithm"]),
             failures=Failures.model_validate(d["failures"]),
             adversaries=Adversaries.model_validate(d["adversaries"]),
+            privacy=PrivacyConfig.model_validate(d["privacy"]),
         )
 
 
 class LocalObjective:
-    """f_i(x) = mean loss over the client's examples + (l2/2)||x||^2, gradients as flat vectors."""
+    """f_i(x) = mean loss over the client's examples + (l2/2)||x||^2, gradients as flat vectors.
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, l2: float, classes: int):
+    With `private` (DP-SGD) every data gradient is Opacus's private one, on Poisson batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        l2: float,
+        classes: int,
+        private: PrivateGradients | None = None,
+    ):
         self.model, self.inputs, self.targets, self.l2 = model, x, y, l2
         self.loss = loss_fn(classes)
         self.n = len(y)
+        self.private = private
+        self.rng: torch.Generator | None = None  # the round's generator (DP noise)
+
+    def batches(
+        self, batch_size: int, steps: int, gen: torch.Generator
+    ) -> Iterator[torch.Tensor | None]:
+        """The round's batches: shuffled epochs, or Poisson with rate batch_size/n under DP."""
+        self.rng = gen
+        device = self.inputs.device
+        if self.private is None:
+            yield from minibatches(self.n, batch_size, steps, gen, device)
+            return
+        q = min(1.0, batch_size / self.n) if batch_size else 1.0
+        self.expected = q * self.n
+        for idx in poisson_batches(self.n, q, steps, gen):
+            yield idx.to(device)
 
     def load(self, received: np.ndarray) -> torch.Tensor:
         """The received model copied into the model's reusable flat buffer on its device.
@@ -75,9 +106,12 @@ class LocalObjective:
         """Data loss and per-parameter gradients on examples `idx` (all if None)."""
         xb = self.inputs if idx is None else self.inputs[idx]
         yb = self.targets if idx is None else self.targets[idx]
-        loss = self.loss(self.model(xb), yb)
-        grads = torch.autograd.grad(loss, self.params)
-        value = float(loss.detach())
+        if self.private is not None:
+            value, grads = self.private(self.loss, xb, yb, self.expected, self.rng)
+        else:
+            loss = self.loss(self.model(xb), yb)
+            grads = torch.autograd.grad(loss, self.params)
+            value = float(loss.detach())
         if self.l2:
             value += 0.5 * self.l2 * float(self.x.dot(self.x))
         return value, grads
@@ -136,11 +170,16 @@ def minibatches(
 
 
 @lru_cache(maxsize=4)
-def _model(model_json: str, in_features: int, classes: int, device: str) -> nn.Module:
-    """One model object (and flat buffer) per process and architecture."""
+def _model(model_json: str, in_features: int, classes: int, device: str, dp: str) -> nn.Module:
+    """One model object (and flat buffer) per process, architecture and DP-SGD setting;
+    under DP-SGD it carries Opacus's private-gradient machinery (`dp` is its JSON)."""
     cfg = ModelConfig.model_validate_json(model_json)
     model = build_model(cfg, in_features, classes, seed=0).to(device)
     model.flat_buffer = flat_params(model)
+    model.private = None
+    if dp:
+        s = json.loads(dp)
+        model.private = PrivateGradients(model, s["sigma"], s["c"])
     return model
 
 
@@ -150,10 +189,16 @@ def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
     spec = RoundSpec.parse(spec_text)
     ds = load_dataset(spec.data, spec.seed)
     x, y, l2 = client_data(spec.data, spec.seed, partition_id)
-    model = _model(spec.model.model_dump_json(), ds.x_train.shape[1], ds.num_classes, spec.device)
+    priv = spec.privacy
+    dp = ""
+    if priv.mechanism == "dp_sgd":
+        dp = json.dumps({"sigma": priv.noise_multiplier, "c": priv.max_grad_norm})
+    model = _model(
+        spec.model.model_dump_json(), ds.x_train.shape[1], ds.num_classes, spec.device, dp
+    )
     tx = torch.as_tensor(x, device=spec.device)
     ty = torch.as_tensor(y, device=spec.device)
-    return LocalObjective(model, tx, ty, float(l2), ds.num_classes)
+    return LocalObjective(model, tx, ty, float(l2), ds.num_classes, model.private)
 
 
 @dataclass

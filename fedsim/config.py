@@ -29,6 +29,8 @@ from fedsim.algorithms import SERVER_HALVES, AlgorithmParams
 from fedsim.data import DataConfig
 from fedsim.heterogeneity import Profiles, SystemConfig
 from fedsim.models import ModelConfig
+from fedsim.privacy.config import PrivacyConfig
+from fedsim.privacy.plan import resolve_privacy
 from fedsim.registry import load_plugins
 
 RUNTIMES = ("inprocess", "simulation")
@@ -62,6 +64,7 @@ class Scenario(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: SerializeAsAny[AlgorithmParams]
     system: SystemConfig = Field(default_factory=SystemConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @field_validator("device")
@@ -167,7 +170,8 @@ def validate(raw: dict[str, Any]) -> Scenario:
         raise ScenarioError(_one_line(e, (), Scenario)) from None
     resolve = SERVER_HALVES.get(name).resolve
     try:
-        return resolve(scenario) if resolve else scenario
+        scenario = resolve(scenario) if resolve else scenario
+        return resolve_privacy(scenario)
     except ValueError as e:
         raise ScenarioError(f"scenario.{e}") from None
 
@@ -202,7 +206,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
 def client_spec(scenario: Scenario) -> str:
     """The JSON a client receives in every round's config (`spec`): what it needs to train."""
     d = scenario.to_dict()
-    keys = ("seed", "device", "data", "model", "algorithm")
+    keys = ("seed", "device", "data", "model", "algorithm", "privacy")
     spec = {k: d[k] for k in keys} | {
         "failures": d["system"]["failures"],
         "adversaries": d["system"]["adversaries"],

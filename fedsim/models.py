@@ -113,10 +113,11 @@ def bind(model: nn.Module, x: torch.Tensor) -> list[nn.Parameter]:
 
 
 def loss_fn(num_classes: int):
-    """Mean loss matching `output_dim`: BCE-with-logits for binary, cross-entropy otherwise."""
+    """Loss matching `output_dim` (mean unless `reduction="none"`): BCE-with-logits for
+    binary, cross-entropy otherwise."""
     if num_classes == 2:
-        return lambda out, y: nn.functional.binary_cross_entropy_with_logits(
-            out.squeeze(-1), y.to(out.dtype)
+        return lambda out, y, reduction="mean": nn.functional.binary_cross_entropy_with_logits(
+            out.squeeze(-1), y.to(out.dtype), reduction=reduction
         )
     return nn.functional.cross_entropy
 

@@ -1,0 +1,1 @@
+"""Differential privacy: the `[privacy]` table, Opacus-backed mechanisms and accounting."""

@@ -77,6 +77,7 @@ class ClientMetrics:
     def __init__(self) -> None:
         self.examples = self.loss = 0.0
         self.grad_evals = self.work = self.rejected = 0
+        self.epsilon = 0.0  # the largest a client reports (sample-level and local DP)
 
     def add(self, m: MetricRecord) -> None:
         n = float(m["num-examples"])
@@ -84,6 +85,7 @@ class ClientMetrics:
         self.loss += n * float(m["train_loss"])
         self.grad_evals += int(m["grad_evals"])
         self.work += int(m["work"])
+        self.epsilon = max(self.epsilon, float(m.get("epsilon", 0.0)))
 
     def record(self) -> MetricRecord | None:
         if not self.examples:
@@ -94,5 +96,6 @@ class ClientMetrics:
                 "grad_evals": self.grad_evals,
                 "work": self.work,
                 "rejected": self.rejected,
+                "epsilon": self.epsilon,
             }
         )

@@ -25,6 +25,7 @@ from fedsim.algorithms import SERVER_HALVES
 from fedsim.codecs import CODECS
 from fedsim.config import Scenario
 from fedsim.heterogeneity import Profiles, on_time, settle
+from fedsim.privacy.plan import metadata
 from fedsim.results import MetricsWriter, load_checkpoint, save_checkpoint, summarize
 
 from .evaluate import Evaluator
@@ -122,6 +123,7 @@ def run_experiment(
         for pid, state in (client_states(grid, partitions) or {}).items():
             state.clear()
             state.update(ck["clients"][pid])
+    spent = ck.get("epsilon", 0.0) if ck else 0.0  # the worst epsilon so far
     bar = tqdm(
         total=scenario.rounds, initial=done, desc=scenario.name, disable=not sys.stderr.isatty()
     )
@@ -136,6 +138,7 @@ def run_experiment(
         for _ in replies:  # a strategy may stop early; the rest still count
             pass
         updated = new_arrays is not None
+        spent = max(spent, 0.0 if agg is None else float(agg["epsilon"]))
         arrays = new_arrays if updated else arrays
         outcome = settle(scenario.system, tally.times, cohort, strategy.target)
         clock += outcome.duration if messages else scenario.system.idle_s
@@ -147,6 +150,7 @@ def run_experiment(
             "bytes_down": sum(down.values()),
             "grad_evals": 0 if agg is None else int(agg["grad_evals"]),
             "rejected": 0 if agg is None else int(agg["rejected"]),
+            **({"epsilon": spent} if scenario.privacy.active else {}),
             "updated": updated,
             "sim_time_s": clock,
             "wall_s": time.perf_counter() - start,
@@ -162,7 +166,7 @@ def run_experiment(
             tally.clients[node]["fate"] = "late"
         writer.append(row, [tally.clients[n] for n in cohort if n in tally.clients])
         if scenario.checkpoint_every and rnd % scenario.checkpoint_every == 0:
-            state = {"round": rnd, "clock": clock, "wall_s": row["wall_s"]}
+            state = {"round": rnd, "clock": clock, "wall_s": row["wall_s"], "epsilon": spent}
             save_checkpoint(
                 out_dir,
                 state
@@ -176,6 +180,12 @@ def run_experiment(
         bar.set_postfix(loss=row["train_loss"], acc=row["eval_accuracy"])
     bar.close()
     x = np.array(codec.decode(arrays))
-    summary = summarize(writer.rows, scenario=scenario.name, runtime=scenario.runtime, d=x.size)
+    summary = summarize(
+        writer.rows,
+        scenario=scenario.name,
+        runtime=scenario.runtime,
+        d=x.size,
+        privacy=metadata(scenario, spent),
+    )
     writer.finish(summary, x)
     return x

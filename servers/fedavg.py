@@ -20,9 +20,14 @@ from fedsim.algorithms import MODEL_CODEC, SERVER_HALVES, AlgorithmParams, Serve
 from fedsim.codecs import CODECS, check_codec_spec, codec
 from fedsim.config import Scenario, client_spec
 from fedsim.heterogeneity import invitations
+from fedsim.privacy.accounting import epsilon
+from fedsim.privacy.mechanisms import clip, gaussian
+from fedsim.seeding import derive_seed
 
 from .aggregate import ClientMetrics, aggregator, in_cohort_order
 from .nodes import cohort_size, sample_partitions
+
+DP_STREAM = 51
 
 
 class LocalSGDParams(AlgorithmParams):
@@ -95,6 +100,7 @@ class FedAvg(FlowerFedAvg):
         self.aggregated: list[int] = []  # partitions the last applied average used
         self.last_applied = 0  # the round of that average
         self.target = 0  # replies the round needs (fewer than invited under overcommit)
+        self.noisy_rounds = 0  # DP-FedAvg: rounds whose average carried noise
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -139,11 +145,16 @@ class FedAvg(FlowerFedAvg):
 
     def state_dict(self) -> dict:
         """Server-side state a checkpoint must keep besides the model."""
-        return {"aggregated": list(self.aggregated), "last_applied": self.last_applied}
+        return {
+            "aggregated": list(self.aggregated),
+            "last_applied": self.last_applied,
+            "noisy_rounds": self.noisy_rounds,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
         self.aggregated, self.last_applied = list(state["aggregated"]), state["last_applied"]
+        self.noisy_rounds = state.get("noisy_rounds", 0)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -155,7 +166,7 @@ class FedAvg(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Apply the example-weighted mean of the client deltas with the server step size."""
-        p = self.scenario.algorithm
+        p, private = self.scenario.algorithm, self.scenario.privacy.mechanism == "dp_fedavg"
         deltas = aggregator(getattr(p, "aggregation", "mean"), getattr(p, "trim", 0.0))
         metrics, used = ClientMetrics(), []
         for msg in in_cohort_order(replies, self.cohort):
@@ -167,11 +178,29 @@ class FedAvg(FlowerFedAvg):
                 metrics.rejected += 1
                 continue
             used.append(int(m["partition-id"]))
-            deltas.add(update, self.weight(m))
+            if private:  # client-level DP: every update clipped to C, all weighing the same
+                deltas.add(clip(update, self.scenario.privacy.max_grad_norm), 1.0)
+            else:
+                deltas.add(update, self.weight(m))
         if not self.accept(len(used)):
             return None, metrics.record()  # the model stays; the round is void
         self.aggregated, self.last_applied = used, server_round
-        return self.codec.encode(self.step(deltas.mean())), metrics.record()
+        mean = self.noisy_mean(deltas, metrics) if private else deltas.mean()
+        return self.codec.encode(self.step(mean)), metrics.record()
+
+    def noisy_mean(self, deltas, metrics: ClientMetrics) -> np.ndarray:
+        """DP-FedAvg: (sum_i clip(delta_i) + N(0, sigma^2 C^2)) / m, m the cohort size; the
+        server's epsilon after this round (sample rate: algorithm.fraction)."""
+        priv, m = self.scenario.privacy, len(self.cohort)
+        rng = np.random.default_rng(derive_seed(self.scenario.seed, self.round, DP_STREAM))
+        std = priv.noise_multiplier * priv.max_grad_norm
+        total = deltas.mean() * np.float32(deltas.weight)
+        self.noisy_rounds += 1
+        q = self.scenario.algorithm.fraction
+        metrics.epsilon = epsilon(
+            priv.accountant, priv.noise_multiplier, q, self.noisy_rounds, priv.delta
+        )
+        return gaussian(total, std, rng) / np.float32(m)
 
     def update_of(self, reply: Message) -> np.ndarray:
         """A reply's update vector (the model delta x - x_i for FedAvg)."""

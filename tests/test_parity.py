@@ -69,11 +69,17 @@ def small_scenario_initial(base: dict) -> np.ndarray:
             "uplink": "topk:0.05",
             "error_feedback": True,
         },
+        {
+            "name": "fedavg",
+            "batch_size": 16,
+            "privacy": {"mechanism": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0},
+        },
     ],
     ids=lambda a: a["name"],
 )
 def test_stateful_methods_give_the_same_model_on_both_engines(tmp_path, algorithm):
-    base = dict(rounds=3, algorithm=algorithm)
+    private = algorithm.pop("privacy", None)
+    base = dict(rounds=3, algorithm=algorithm) | ({"privacy": private} if private else {})
     launch(small_scenario(**base), tmp_path / "inprocess")
     launch(small_scenario(**base, runtime="simulation"), tmp_path / "simulation")
     np.testing.assert_allclose(

@@ -1,0 +1,45 @@
+"""Final accuracy (mean over seeds) and the epsilon actually spent, per mechanism and target.
+
+python scenarios/privacy_sweep/table.py runs/sweeps/privacy_sweep
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    sweep = Path(sys.argv[1])
+    with open(sweep / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cells = defaultdict(list)
+    for r in rows:
+        run = sweep / "points" / f"{int(r['point']):03d}" / f"seed{r['seed']}"
+        summary = json.loads((run / "summary.json").read_text())
+        key = (r["privacy.mechanism"], float(r["privacy.epsilon"]))
+        cells[key].append(
+            (
+                summary["final"]["eval_accuracy"],
+                summary["privacy"]["final_epsilon"],
+                summary["privacy"]["noise_multiplier"],
+            )
+        )
+    print("| mechanism | target epsilon | sigma | epsilon spent | final accuracy |")
+    print("|---|---|---|---|---|")
+    for (mech, eps), runs in sorted(cells.items()):
+        acc = np.array([a for a, _, _ in runs])
+        spent = max(e for _, e, _ in runs)
+        print(
+            f"| {mech} | {eps:g} | {runs[0][2]:.3f} | {spent:.3f} | "
+            f"{acc.mean():.3f} ± {acc.std():.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
