@@ -117,9 +117,7 @@ def main() -> None:
         print(f"{label:24s} {up:9.0f} {m['up_vs_fp32']:6.1f} {down:9.0f} {m['down_vs_fp32']:6.1f}")
     print(f"\n{'codec':12s} {'bytes':>9s} {'x fp32':>7s} {'ms/MB':>7s}")
     for spec, c in codecs.items():
-        print(
-            f"{spec:12s} {c['bytes']:9d} {c['vs_fp32']:7.1f} {c['encode_decode_ms_per_mb']:7.2f}"
-        )
+        print(f"{spec:12s} {c['bytes']:9d} {c['vs_fp32']:7.1f} {c['encode_decode_ms_per_mb']:7.2f}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "wire_bytes.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps({k: figures[k] for k in ("d", "sign_uplink_ratio", "sign_downlink_ratio")}))
