@@ -39,6 +39,30 @@ def main() -> None:
             f"| {mech} | {eps:g} | {runs[0][2]:.3f} | {spent:.3f} | "
             f"{acc.mean():.3f} ± {acc.std():.3f} |"
         )
+    if len(sys.argv) > 2:
+        plot(cells, Path(sys.argv[2]))
+
+
+def plot(cells: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for mech in sorted({m for m, _ in cells}):
+        eps = sorted(e for m, e in cells if m == mech)
+        xs = [e if np.isfinite(e) else 32.0 for e in eps]
+        acc = [np.array([a for a, _, _ in cells[(mech, e)]]) for e in eps]
+        means, stds = [a.mean() for a in acc], [a.std() for a in acc]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=mech)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([0.5, 1, 2, 4, 8, 32], ["0.5", "1", "2", "4", "8", "inf"])
+    ax.set_xlabel("epsilon (delta = 1e-5)")
+    ax.set_ylabel("final test accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
