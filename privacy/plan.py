@@ -29,7 +29,8 @@ def planned_steps(scenario, n: int) -> int:
     if hasattr(a, "local_steps"):
         from fedsim.clients.training import steps_for
 
-        return rounds * steps_for(a, n)
+        statistic = getattr(a, "preconditioner", "none") != "none"  # one more gradient a round
+        return rounds * (steps_for(a, n) + statistic)
     if hasattr(a, "p"):  # ProxSkip family: the round lengths are public
         from fedsim.servers.proxskip import round_length
 

@@ -169,3 +169,21 @@ def test_an_unreachable_target_exits_2_before_any_run_directory(tmp_path):
         proc.stderr.strip().splitlines()[-1].startswith("fedsim: error: scenario.privacy.epsilon")
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        {"name": "scaled_sgd", "preconditioner": "rmsprop", "local_steps": 2, "client_lr": 0.01},
+        {"name": "gradskip", "p": 0.4, "q": 0.6, "client_lr": 0.05, "batch_size": 16},
+        {"name": "signum_mv", "server_lr": 0.003},
+    ],
+    ids=lambda a: a["name"],
+)
+def test_every_gradient_method_stays_within_its_target(tmp_path, algorithm):
+    s = small_scenario(
+        rounds=3, algorithm=algorithm, privacy={"mechanism": "dp_sgd", "epsilon": 5.0}
+    )
+    launch(s, tmp_path)
+    spent = read_metrics(tmp_path)[-1]["epsilon"]
+    assert 0 < spent <= 5.0
