@@ -1,4 +1,4 @@
-"""`fedsim run | sweep | report | plot | list`.
+"""`fedsim run | sweep | report | plot | list | deploy`.
 
 Bad input exits with code 2 and one line naming the key, the value and what is
 allowed, before any run directory exists.
@@ -32,10 +32,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.runtime import launch
 
     overrides = list(args.set or [])
+    if args.federation and not args.runtime:
+        args.runtime = "deployment"
     if args.runtime:
         overrides.append(f'runtime="{args.runtime}"')
     if args.resume:
-        return resume_run(Path(args.resume), overrides)
+        return resume_run(Path(args.resume), overrides, args.federation)
     if not args.scenario:
         raise ScenarioError("scenario: missing (give a TOML file, or --resume DIR)")
     scenario = load_scenario(args.scenario, overrides)
@@ -45,21 +47,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         create_run_dir(out, scenario.to_toml(), overwrite=args.overwrite)
     except FileExistsError as e:
         raise ScenarioError(str(e)) from None
-    launch(scenario, out)
+    launch(scenario, out, federation=args.federation)
     return report(out)
 
 
-def resume_run(out: Path, overrides: list[str]) -> int:
+def resume_run(out: Path, overrides: list[str], federation: str | None = None) -> int:
     """Continue a run from its last checkpoint, with its own resolved scenario."""
     from fedsim.results import CONFIG
     from fedsim.runtime import launch
 
     if not (out / CONFIG).is_file():
         raise ScenarioError(f"resume: {str(out)!r} is not a run directory (no {CONFIG})")
-    if overrides:
+    if overrides and not federation:
         raise ScenarioError("resume: --set/--runtime cannot change a run being resumed")
     scenario = load_scenario(out / CONFIG)
-    launch(scenario, out, resume=True)
+    launch(scenario, out, resume=True, federation=federation)
     return report(out)
 
 
@@ -132,6 +134,40 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from fedsim import deploy
+
+    try:
+        if args.action == "up":
+            if args.supernodes < 0:
+                raise ScenarioError("--supernodes: must be 0 (SuperLink only) or more")
+            dep = deploy.up(
+                args.supernodes,
+                args.dir,
+                host=args.host,
+                port=args.port,
+                insecure=args.insecure,
+                extra_hosts=tuple(args.san or ()),
+            )
+            lay = deploy.Layout(dep.root)
+            mode = (
+                "INSECURE (no TLS, no SuperNode authentication)"
+                if dep.insecure
+                else (f"TLS (CA {lay.ca_cert}), SuperNode authentication on")
+            )
+            print(f"SuperLink {dep.address} with {len(dep.supernodes)} SuperNodes; {mode}")
+            print(f"logs: {lay.logs}   FLWR_HOME: {lay.flwr_home}")
+            print(f"run:  fedsim run SCENARIO --runtime deployment --federation {dep.connection}")
+            print(f"stop: fedsim deploy down --dir {args.dir}")
+        else:
+            stopped = deploy.down(args.dir)
+            print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    except deploy.DeployError as e:
+        print(f"fedsim: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -142,6 +178,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
     run.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument(
+        "--federation",
+        metavar="NAME",
+        help="SuperLink connection in FLWR_HOME's config.toml (deployment runtime; "
+        "`fedsim deploy up` writes `fedsim-local` to .deploy/flwr_home)",
+    )
     run.set_defaults(fn=cmd_run)
     sweep = sub.add_parser("sweep", help="run a sweep file: axes x seeds, one run per point")
     sweep.add_argument("sweep_file")
@@ -157,6 +199,21 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="registered algorithms, datasets, models, codecs").set_defaults(
         fn=cmd_list
     )
+    dep = sub.add_parser("deploy", help="a local SuperLink and SuperNodes (Flower deployment)")
+    dep.add_argument("action", choices=("up", "down"))
+    dep.add_argument(
+        "--supernodes", type=int, default=2, help="local SuperNodes to start (0: SuperLink only)"
+    )
+    dep.add_argument("--dir", default=".deploy", help="certs, keys, FLWR_HOME, logs, pids")
+    dep.add_argument("--host", default="127.0.0.1", help="address SuperNodes reach")
+    dep.add_argument(
+        "--san", action="append", metavar="NAME_OR_IP", help="another name in the certificate"
+    )
+    dep.add_argument("--port", type=int, default=None, help="SuperLink port (default: free)")
+    dep.add_argument(
+        "--insecure", action="store_true", help="no TLS, no SuperNode authentication (warns)"
+    )
+    dep.set_defaults(fn=cmd_deploy)
     return p
 
 

@@ -33,7 +33,7 @@ from fedsim.privacy.config import PrivacyConfig
 from fedsim.privacy.plan import resolve_privacy
 from fedsim.registry import load_plugins
 
-RUNTIMES = ("inprocess", "simulation")
+RUNTIMES = ("inprocess", "simulation", "deployment")
 
 
 class ScenarioError(ValueError):
@@ -57,7 +57,7 @@ class Scenario(BaseModel):
     name: str = "scenario"
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
-    runtime: Literal["inprocess", "simulation"] = "inprocess"
+    runtime: Literal["inprocess", "simulation", "deployment"] = "inprocess"
     device: str = "cpu"
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0: none)")
     data: DataConfig = Field(default_factory=DataConfig)

@@ -21,7 +21,7 @@ app = ServerApp()
 
 
 def scenario_from_run_config(run_config: dict) -> Scenario:
-    if "scenario-json" in run_config:
+    if run_config.get("scenario-json"):  # "" (pyproject's default) means unset
         return parse_scenario_json(str(run_config["scenario-json"]))
     return load_scenario(str(run_config["scenario"]))
 

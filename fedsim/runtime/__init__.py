@@ -1,4 +1,5 @@
-"""Runtimes: the same ServerApp and ClientApp on `inprocess` or Flower's `simulation` engine.
+"""Runtimes: the same ServerApp and ClientApp in-process, on Flower's Simulation Engine, or
+on Flower's deployment engine (`deployment`: submitted to a running SuperLink).
 
 The apps are found by their Flower component references (as in pyproject's
 [tool.flwr.app.components]), so the core does not import them directly. The
@@ -40,9 +41,18 @@ def launch(
     client_app: Any = None,
     num_nodes: int | None = None,
     resume: bool = False,
+    federation: str | None = None,
 ) -> None:
     """Run `server_app` (default: fedsim's) with `client_app` on the scenario's runtime;
-    `resume` continues the run in `out_dir` from its last checkpoint."""
+    `resume` continues the run in `out_dir` from its last checkpoint. `federation` names
+    the SuperLink connection (in FLWR_HOME's config.toml) of the `deployment` runtime."""
+    if scenario.runtime == "deployment":
+        if server_app or client_app or num_nodes:
+            raise ValueError("runtime: deployment runs fedsim's own apps on the SuperNodes")
+        from .deployment import launch_deployment
+
+        launch_deployment(scenario, out_dir, resume, federation)
+        return
     server_app = server_app or load_component(SERVER_APP)
     client_app = client_app or load_component(CLIENT_APP)
     num_nodes = num_nodes or scenario.data.num_clients

@@ -1,0 +1,145 @@
+"""Flower's deployment engine on loopback: real flower-superlink / flower-supernode
+processes, TLS with a generated CA, SuperNode authentication with registered keys.
+
+Every test that starts processes stops them in a `finally` (process groups and their
+descendants), also when it fails. Slow: each ClientApp message starts a fresh
+`flwr-clientapp` process (torch import), so a round takes ~10 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim import deploy
+from fedsim.results import create_run_dir
+from fedsim.runtime import launch, run_config
+
+from .conftest import logreg_scenario, small_scenario
+
+pytestmark = pytest.mark.slow
+TOL = 1e-5
+
+
+@pytest.fixture
+def layout(tmp_path):
+    """A deployment directory whose processes are all stopped at teardown."""
+    lay = deploy.Layout(tmp_path / "deploy")
+    try:
+        yield lay
+    finally:
+        deploy.down(lay.root, grace_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def secure2(tmp_path_factory):
+    """One TLS SuperLink with SuperNode authentication and two registered SuperNodes."""
+    root = tmp_path_factory.mktemp("deploy2")
+    try:
+        yield deploy.up(2, root)
+    finally:
+        deploy.down(root, grace_s=3.0)
+
+
+def _parity(dep, scenario, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(deploy.Layout(dep.root).flwr_home))
+    ref, out = tmp_path / "inprocess", tmp_path / "deployment"
+    launch(scenario, ref)
+    dep_scenario = scenario.model_copy(update={"runtime": "deployment"})
+    create_run_dir(out, dep_scenario.to_toml(), overwrite=False)
+    launch(dep_scenario, out, federation=dep.connection)
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "final_model.npy"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == list(range(1, scenario.rounds + 1))
+    a, b = np.load(ref / "final_model.npy"), np.load(out / "final_model.npy")
+    assert a.shape == b.shape
+    assert np.max(np.abs(a - b)) <= TOL
+
+
+def test_fedavg_over_tls_with_authenticated_supernodes_matches_inprocess(
+    secure2, tmp_path, monkeypatch
+):
+    assert not secure2.insecure and Path(secure2.root, "certs", "ca.crt").is_file()
+    s = small_scenario(rounds=2, data__num_clients=2, model__hidden=[16])
+    _parity(secure2, s, tmp_path, monkeypatch)
+
+
+def test_proxskip_over_tls_with_authenticated_supernodes_matches_inprocess(
+    secure2, tmp_path, monkeypatch
+):
+    s = logreg_scenario(5, 6, 30, [5.0, 20.0], {"name": "proxskip", "p": 0.5}, rounds=3)
+    _parity(secure2, s, tmp_path, monkeypatch)
+
+
+def _wait_exit(proc, timeout_s=60.0) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return proc.poll()
+
+
+def test_supernode_with_unregistered_key_is_refused(secure2):
+    proc = deploy.start_supernode(secure2.root, 90, 2, register=False, max_wait_s=20)
+    try:
+        assert _wait_exit(proc) not in (None, 0)
+        link_log = Path(secure2.root, "logs", "superlink.log").read_text()
+        assert "No SuperNode found with the given public key" in link_log
+        assert deploy.online_nodes(secure2.root) == 2
+    finally:
+        deploy.stop_pid_file(Path(secure2.root, "pids", "supernode-90.pid"))
+
+
+def test_supernode_without_the_ca_certificate_cannot_connect(secure2):
+    # registered, so only the missing root certificate stands in the way
+    proc = deploy.start_supernode(secure2.root, 91, 2, root_certificates=None, max_wait_s=20)
+    try:
+        assert _wait_exit(proc) not in (None, 0)
+        node_log = Path(secure2.root, "logs", "supernode-91.log").read_text()
+        assert "CERTIFICATE_VERIFY_FAILED" in node_log
+        assert deploy.online_nodes(secure2.root) == 2
+    finally:
+        deploy.stop_pid_file(Path(secure2.root, "pids", "supernode-91.pid"))
+
+
+def test_insecure_deployment_warns_and_runs_without_tls(layout):
+    with pytest.warns(UserWarning, match="insecure"):
+        dep = deploy.start_superlink(layout.root, insecure=True)
+    assert dep.insecure and not layout.ca_cert.exists()
+    assert "insecure = true" in (layout.flwr_home / "config.toml").read_text()
+    deploy.start_supernode(layout.root, 0, 1)
+    deploy.wait_online(layout.root, 1, 60)
+
+
+def test_supernode_killed_mid_run_is_handled_and_the_run_finishes(layout, tmp_path):
+    deploy.up(3, layout.root)
+    s = small_scenario(rounds=3, data__num_clients=3, model__hidden=[16])
+    s = s.model_copy(update={"runtime": "deployment"})
+    out = tmp_path / "run"
+    create_run_dir(out, s.to_toml(), overwrite=False)
+    # without --stream, `flwr run` returns once the run is submitted
+    code = deploy.flwr_run(
+        run_config(s, out, False), deploy.CONNECTION, layout.flwr_home, stream=False
+    )
+    assert code == 0
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.5)
+    assert metrics.read_text(), "round 1 never finished"
+    # a crash, not a clean shutdown: SIGKILL the SuperNode and its ClientApp processes
+    pid = int((layout.pids / "supernode-2.pid").read_text())
+    for p in deploy._tree(pid):
+        deploy._signal_all([p], 9)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (out / "summary.json").is_file():
+        time.sleep(1.0)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["clients"] == 3
+    assert rows[-1]["clients"] == 2  # the dead node's partition no longer replies
+    assert (out / "final_model.npy").is_file()
