@@ -36,6 +36,12 @@ from fedsim.registry import load_plugins
 RUNTIMES = ("inprocess", "simulation", "deployment")
 
 
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return [_without_none(v) for v in value] if isinstance(value, list) else value
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot run; the message is one line: key, value, what is allowed."""
 
@@ -86,7 +92,9 @@ class Scenario(BaseModel):
         return v
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        """Plain data without unset (None) values, also inside free-form tables such as
+        `data.options` (TOML has no null)."""
+        return _without_none(self.model_dump(mode="json", exclude_none=True))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -35,7 +35,10 @@ def known_optimum(scenario: Scenario) -> np.ndarray | None:
         return None
     ds, splits, l2 = problem
     extra = l2 + (scenario.algorithm.reg if reg == "l2" else 0.0)
-    return logreg_optimum(ds, splits, extra).astype(np.float64)
+    try:
+        return logreg_optimum(ds, splits, extra).astype(np.float64)
+    except np.linalg.LinAlgError:  # flat directions without l2: no unique x*, no distance
+        return None
 
 
 class Evaluator:

@@ -144,3 +144,31 @@ def test_cnn_and_logreg_models_train_on_digits(tmp_path):
         rows = read_metrics(tmp_path / name)
         assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] or rows[-1]["eval_accuracy"] > 0.3
         assert json.loads((tmp_path / name / "summary.json").read_text())["rounds"] == 2
+
+
+def test_a_libsvm_run_with_default_options_and_flat_directions(tmp_path):
+    """Unset options stay out of config.toml (TOML has no null); without l2 the problem has
+    directions of zero curvature (feature 3 never occurs), so there is no x* to measure."""
+    from fedsim.config import load_scenario
+    from fedsim.results import read_metrics
+    from fedsim.runtime import launch
+
+    rng = np.random.default_rng(0)
+    lines = [f"{rng.choice([-1, 1])} 1:{rng.normal():.3f} 2:{rng.normal():.3f}" for _ in range(80)]
+    (tmp_path / "toy.svm").write_text("\n".join(lines) + "\n")
+    raw = {
+        "rounds": 2,
+        "data": {
+            "dataset": "libsvm",
+            "num_clients": 2,
+            "options": {"path": str(tmp_path / "toy.svm"), "n_features": 3},
+        },
+        "model": {"name": "logreg", "bias": False},
+        "algorithm": {"name": "local_sgd", "local_steps": 1, "batch_size": 0},
+    }
+    scenario = load_scenario(raw)
+    assert "test_path" not in scenario.to_toml()  # the run directory's config.toml
+    launch(scenario, tmp_path / "run")
+    assert "dist_to_opt" not in read_metrics(tmp_path / "run")[-1]
+    launch(load_scenario(raw | {"data": raw["data"] | {"l2": 0.1}}), tmp_path / "l2")
+    assert read_metrics(tmp_path / "l2")[-1]["rel_dist_to_opt"] < 1
