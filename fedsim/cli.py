@@ -112,7 +112,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from fedsim.algorithms import CLIENT_HALVES, SERVER_HALVES, algorithm_names
-    from fedsim.codecs import CODECS
+    from fedsim.codecs import CODEC_FAMILIES, CODECS
     from fedsim.data import DATASETS
     from fedsim.models import MODELS
     from fedsim.registry import load_plugins
@@ -128,6 +128,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for e in reg:
             print(f"  {e.name:14s} {e.doc.splitlines()[0] if e.doc else ''}")
+    for e in CODEC_FAMILIES:  # "name:PARAM", e.g. topk:0.01
+        print(f"  {e.name + ':' + e.obj.param:14s} {e.doc}")
     print("runtimes:")
     for name in RUNTIMES:
         print(f"  {name}")
