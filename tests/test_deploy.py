@@ -83,27 +83,22 @@ def _wait_exit(proc, timeout_s=60.0) -> int | None:
     return proc.poll()
 
 
-def test_supernode_with_unregistered_key_is_refused(secure2):
-    proc = deploy.start_supernode(secure2.root, 90, 2, register=False, max_wait_s=20)
+@pytest.mark.parametrize(
+    "node, kwargs, log, expected",
+    [  # an unregistered key; a registered key but no root certificate
+        (90, {"register": False}, "superlink.log", "No SuperNode found with the given public key"),
+        (91, {"root_certificates": None}, "supernode-91.log", "CERTIFICATE_VERIFY_FAILED"),
+    ],
+    ids=["unregistered-key", "no-ca-certificate"],
+)
+def test_an_untrusted_supernode_is_refused(secure2, node, kwargs, log, expected):
+    proc = deploy.start_supernode(secure2.root, node, 2, max_wait_s=20, **kwargs)
     try:
         assert _wait_exit(proc) not in (None, 0)
-        link_log = Path(secure2.root, "logs", "superlink.log").read_text()
-        assert "No SuperNode found with the given public key" in link_log
-        assert deploy.online_nodes(secure2.root) == 2
+        assert expected in Path(secure2.root, "logs", log).read_text()
+        assert deploy.online_nodes(secure2.root) == 2  # the run would not see it
     finally:
-        deploy.stop_pid_file(Path(secure2.root, "pids", "supernode-90.pid"))
-
-
-def test_supernode_without_the_ca_certificate_cannot_connect(secure2):
-    # registered, so only the missing root certificate stands in the way
-    proc = deploy.start_supernode(secure2.root, 91, 2, root_certificates=None, max_wait_s=20)
-    try:
-        assert _wait_exit(proc) not in (None, 0)
-        node_log = Path(secure2.root, "logs", "supernode-91.log").read_text()
-        assert "CERTIFICATE_VERIFY_FAILED" in node_log
-        assert deploy.online_nodes(secure2.root) == 2
-    finally:
-        deploy.stop_pid_file(Path(secure2.root, "pids", "supernode-91.pid"))
+        deploy.stop_pid_file(Path(secure2.root, "pids", f"supernode-{node}.pid"))
 
 
 def test_insecure_deployment_warns_and_runs_without_tls(layout):
