@@ -10,6 +10,7 @@ for a model it does not hold fails loudly rather than drift.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Literal
 
 import numpy as np
@@ -116,9 +117,9 @@ class ClientHeldModel(FedAvg):
         }
         return apply_step(self.x, w, lr, wd)
 
+    @abstractmethod
     def server_step(self, mean: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(w, lr, weight decay) of x <- x - lr (w + wd x) from the mean of the updates."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict:
         return super().state_dict() | {
