@@ -76,3 +76,20 @@ def private_shards(g_h: Tensor, m: int, gen: torch.Generator, scale: float = 10.
 def recombine(grads: list[Theta], weights: Tensor) -> Theta:
     """g_theta = sum_j a_j backprop(x, theta, g^j)."""
     return {k: sum(w * g[k] for w, g in zip(weights, grads, strict=True)) for k in grads[0]}
+
+
+def mixing_weights(n: int, d: int, gen: torch.Generator, scale: float = 1.0) -> Tensor:
+    """Secret W_1..W_n in R^d, W_i = 1/n + sum_{j>i} xi_ij - sum_{j<i} xi_ji with random xi:
+    they sum to one, so h' = sum_i W_i * h_i is h while all adapters agree."""
+    w = torch.full((n, d), 1.0 / n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            xi = scale * torch.randn(d, generator=gen)
+            w[i] += xi
+            w[j] -= xi
+    return w
+
+
+def mix(w: Tensor, hs: list[Tensor]) -> Tensor:
+    """h' = sum_i W_i * h_i (elementwise, broadcast over the batch)."""
+    return sum(wi * h for wi, h in zip(w, hs, strict=True))

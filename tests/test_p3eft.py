@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from fedsim.privacy.split import BackboneHost, private_shards, recombine
+from fedsim.privacy.split import BackboneHost, mix, mixing_weights, private_shards, recombine
 
 
 def host(seed: int = 0) -> BackboneHost:
@@ -51,3 +51,14 @@ def test_a_host_keeps_no_state_between_calls():
     torch.testing.assert_close(h.forward(x, "a0", theta), first)
     at_init = [h.forward(x, a, h.initial(a)) for a in ("a0", "a1")]
     torch.testing.assert_close(at_init[0], at_init[1])  # LoRA B = 0: both are the backbone
+
+
+def test_mixed_activations_equal_the_backbone_at_initialisation():
+    h = host()
+    gen = torch.Generator().manual_seed(3)
+    x = {"input_ids": torch.randint(0, 100, (5, 8), generator=gen)}
+    w = mixing_weights(2, 32, gen, scale=5.0)
+    torch.testing.assert_close(w.sum(0), torch.ones(32))
+    assert w.abs().max() > 2  # each weight alone is far from 1/n
+    hs = [h.forward(x, a, h.initial(a)) for a in ("a0", "a1")]
+    torch.testing.assert_close(mix(w, hs), hs[0], rtol=1e-5, atol=1e-5)
