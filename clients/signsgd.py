@@ -8,7 +8,6 @@ p = gamma g + e, keeping e <- p - (||p||_1/d) sign(p).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
@@ -25,7 +24,7 @@ from fedsim.servers.signsgd import (
 
 from .training import ClientJob, ClientUpdate, error_feedback
 
-HELD, HELD_ROUND, MEMORY = "held-model", "held-round", "sign-memory"
+HELD, HELD_ROUND, MOMENTUM = "held-model", "held-round", "signum-momentum"
 
 
 def held_model(job: ClientJob) -> torch.Tensor:
@@ -47,12 +46,6 @@ def held_model(job: ClientJob) -> torch.Tensor:
     return job.x
 
 
-def _memory(job: ClientJob, like: torch.Tensor) -> torch.Tensor:
-    if MEMORY not in job.state:
-        return torch.zeros_like(like)
-    return torch.from_numpy(np.array(unpack(job.state[MEMORY]["v"]))).to(like.device)
-
-
 def stochastic_gradient(job: ClientJob) -> tuple[float, torch.Tensor, int]:
     """(loss, gradient, examples) on one minibatch at the held model."""
     f = job.objective
@@ -66,8 +59,10 @@ def sign_sgd(job: ClientJob) -> ClientUpdate:
     loss, g, work = stochastic_gradient(job)
     beta = job.params.momentum
     if beta:  # Signum: the momentum is what gets signed
-        g = _memory(job, g).mul_(beta).add_(g, alpha=1 - beta)
-        job.state[MEMORY] = ArrayRecord({"v": pack(g.cpu().numpy())})
+        saved = job.state.get(MOMENTUM)
+        m = torch.zeros_like(g) if saved is None else torch.from_numpy(unpack(saved["v"]).copy())
+        g = m.to(g.device).mul_(beta).add_(g, alpha=1 - beta)
+        job.state[MOMENTUM] = ArrayRecord({"v": pack(g.cpu().numpy())})
     return ClientUpdate(g.cpu().numpy(), loss, 1, work, codec="sign")
 
 

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from fedsim.codecs import codec, pack, readonly_tensor, unpack
+from fedsim.codecs import pack, readonly_tensor, unpack, with_feedback
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Adversaries, Failures
 from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
@@ -237,12 +237,8 @@ FEEDBACK = "error-feedback"  # Context.state key of the error memory e
 
 
 def error_feedback(state: RecordDict, v: np.ndarray, spec: str) -> np.ndarray:
-    """C(v + e) as the server will decode it, keeping e <- (v + e) - C(v + e) in `state`:
-    what compression drops is sent later (Karimireddy et al., 2019)."""
-    p = np.asarray(v, dtype=np.float32)
-    if FEEDBACK in state:
-        p = p + unpack(state[FEEDBACK]["e"])
-    c = codec(spec)
-    sent = c.decode(c.encode(p))
-    state[FEEDBACK] = ArrayRecord({"e": pack(p - sent)})
+    """`with_feedback` with the memory e kept in the client's `state`."""
+    e = unpack(state[FEEDBACK]["e"]) if FEEDBACK in state else None
+    sent, memory = with_feedback(v, e, spec)
+    state[FEEDBACK] = ArrayRecord({"e": pack(memory)})
     return sent

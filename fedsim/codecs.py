@@ -427,6 +427,15 @@ def codec(spec: str) -> Codec:
     raise ValueError(f"codec {spec!r} is not one of {codec_names()}")
 
 
+def with_feedback(v: np.ndarray, e: np.ndarray | None, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """Error feedback (Karimireddy et al., 2019): C(v + e) as the receiver decodes it, and the
+    new memory (v + e) - C(v + e), so what compression drops is sent later."""
+    p = np.asarray(v, dtype=np.float32) if e is None else np.asarray(v, dtype=np.float32) + e
+    c = codec(spec)
+    sent = c.decode(c.encode(p))
+    return sent, p - sent
+
+
 def check_codec_spec(spec: str) -> str:
     """`spec` if `codec(spec)` accepts it, else ValueError (a pydantic validator)."""
     codec(spec)

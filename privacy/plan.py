@@ -3,7 +3,6 @@ epsilon (checked before any work starts), and the epsilon a client has spent so 
 
 from __future__ import annotations
 
-import math
 import warnings
 
 from flwr.app import ConfigRecord, RecordDict
@@ -96,5 +95,4 @@ def metadata(scenario, final_epsilon: float) -> dict:
             else sample_rate(p, scenario.algorithm, 1)
         ),
         "batch_size": getattr(scenario.algorithm, "batch_size", None),
-        "finite": math.isfinite(final_epsilon),
     }

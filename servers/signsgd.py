@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from pydantic import Field
 
 from fedsim.algorithms import MODEL_CODEC, SERVER_HALVES, AlgorithmParams, ServerHalf
-from fedsim.codecs import codec
+from fedsim.codecs import codec, with_feedback
 
 from .fedavg import FedAvg
 
@@ -77,7 +77,6 @@ class ClientHeldModel(FedAvg):
         self.holds: dict[int, int] = {}  # node -> round of the model it holds
         self.sent_step: ArrayRecord | None = None  # the last applied round's step, encoded
         self.step_config: dict = {}
-        self.pid = {node: pid for pid, node in partitions.items()}
 
     def weight(self, metrics: MetricRecord) -> float:
         return 1.0  # one vote per client
@@ -164,10 +163,7 @@ class EFSign(ClientHeldModel):
     def server_step(self, mean: np.ndarray) -> tuple[np.ndarray, float, float]:
         if not self.scenario.algorithm.server_memory:
             return mean, 1.0, 0.0
-        p = mean if self.memory is None else mean + self.memory
-        sent = codec("scaled_sign")
-        w = sent.decode(sent.encode(p))
-        self.memory = p - w
+        w, self.memory = with_feedback(mean, self.memory, "scaled_sign")
         return w, 1.0, 0.0
 
     def state_dict(self) -> dict:
