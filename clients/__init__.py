@@ -1,3 +1,3 @@
 """Client halves of the algorithms and the ClientApp that runs them."""
 
-from . import local_sgd, proxskip, scaled_sgd, signsgd  # noqa: F401  (register their methods)
+from . import local_sgd, proxskip, scaled_sgd, signsgd, split_host  # noqa: F401  (register)

@@ -19,6 +19,7 @@ from fedsim.privacy.mechanisms import clip, gaussian
 from fedsim.privacy.plan import sample_rate, spend
 from fedsim.seeding import derive_seed, torch_generator
 
+from .split_host import answer
 from .training import ClientJob, ClientUpdate, RoundSpec, objective_for
 
 app = ClientApp()
@@ -34,6 +35,18 @@ def describe(msg: Message, context: Context) -> Message:
     """Tell the server which data partition this node holds."""
     info = ConfigRecord({k: v for k, v in context.node_config.items() if isinstance(v, int | str)})
     return Message(RecordDict({"node": info}), reply_to=msg)
+
+
+@app.query("forward")
+def forward(msg: Message, context: Context) -> Message:
+    """Split learning: a backbone host's activations h = forward(x, theta)."""
+    return answer(msg)
+
+
+@app.query("backprop")
+def backprop(msg: Message, context: Context) -> Message:
+    """Split learning: a backbone host's adapter gradient backprop(x, theta, g_h)."""
+    return answer(msg)
 
 
 @app.train()

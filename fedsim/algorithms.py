@@ -32,11 +32,14 @@ class ServerHalf:
     """What the server registers for a method."""
 
     params: type[AlgorithmParams]
-    strategy: Callable[..., Any]  # (scenario, partitions) -> flwr.serverapp.strategy.Strategy
+    strategy: Callable[..., Any] | None  # (scenario, partitions) -> a Flower Strategy
     doc: str = ""
     # (scenario) -> scenario with data-dependent settings (e.g. gamma = 1/L) made concrete,
     # run when the scenario is loaded; a ValueError "algorithm.key: ..." rejects it
     resolve: Callable[[Any], Any] | None = None
+    # (grid, scenario, out_dir, resume) -> None: a method that drives its own loop instead of
+    # Flower rounds of a strategy (split learning's label party)
+    loop: Callable[..., None] | None = None
 
 
 # The round config's key naming the model's wire format in `arrays` ("" = no model sent)

@@ -12,7 +12,13 @@ from sklearn.metrics import roc_auc_score
 
 
 def leak(scores: np.ndarray, labels: np.ndarray) -> float:
-    """max(AUC, 1 - AUC): an attacker may flip its guess."""
+    """max(AUC, 1 - AUC): an attacker may flip its guess; with more than two classes, the
+    worst over the one-vs-rest splits."""
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        return 0.5  # one class: nothing to tell apart
+    if len(classes) > 2:
+        return max(leak(scores, labels == c) for c in classes)
     auc = float(roc_auc_score(labels, scores))
     return max(auc, 1.0 - auc)
 

@@ -1,51 +1,44 @@
 """P3EFT's building blocks (ALGORITHMS.md section 7): a backbone host's two stateless calls on
-a frozen `transformers` encoder carrying n named PEFT LoRA adapters, and the label party's
-private backpropagation (backprop is linear in g_h, so shards of it recombine exactly)."""
+a frozen `transformers` encoder carrying n named PEFT LoRA adapters, the label party's
+private backpropagation (backprop is linear in g_h, so shards of it recombine exactly), and
+its secret activation mixing."""
 
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .backbone import BackboneSpec, load_backbone
 
 Theta = dict[str, Tensor]  # one adapter set's weights, keyed by parameter name sans adapter
 
 
 class BackboneHost:
-    """The frozen encoder with adapters "a0".."a{n-1}" (LoRA dropout 0); it keeps no state
-    between calls: every call brings the adapter weights it is to use."""
+    """The frozen encoder with adapter slots "a0".."a{n-1}"; it keeps no state between calls:
+    every call brings the adapter weights it is to use."""
 
-    def __init__(self, model: nn.Module, adapters: int, rank: int = 16, alpha: int = 32) -> None:
-        lora = LoraConfig(
-            r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["query", "value"]
-        )
-        for i in range(adapters):
-            model.add_adapter(lora, adapter_name=f"a{i}")
-        self.model = model.eval()  # no dropout anywhere: calls are deterministic
+    def __init__(self, spec: BackboneSpec) -> None:
+        self.spec = spec
+        self.model = load_backbone(spec)
         self.params = {
             f"a{i}": {
                 name.replace(f".a{i}.", "."): p
-                for name, p in model.named_parameters()
+                for name, p in self.model.named_parameters()
                 if f".a{i}." in name
             }
-            for i in range(adapters)
+            for i in range(spec.adapters)
         }
-        self.init = {
-            a: {k: p.detach().clone() for k, p in ps.items()} for a, ps in self.params.items()
-        }
-
-    def initial(self, adapter: str) -> Theta:
-        """The adapter's freshly initialised weights (LoRA B = 0: the backbone's own output)."""
-        return {k: v.clone() for k, v in self.init[adapter].items()}
 
     def _activations(self, x: dict[str, Tensor], adapter: str, theta: Theta) -> Tensor:
         self.model.set_adapter(adapter)
         params = self.params[adapter]
+        if theta.keys() != params.keys():
+            raise ValueError(f"adapter weights do not match the backbone's {adapter} slot")
         with torch.no_grad():
             for k, v in theta.items():
                 params[k].copy_(v)
-        out = self.model(**x).last_hidden_state
-        return out[:, 0]  # the first token's hidden state
+        return self.model(**x).last_hidden_state[:, 0]  # the first token's hidden state
 
     def forward(self, x: dict[str, Tensor], adapter: str, theta: Theta) -> Tensor:
         """h = forward(x, theta)."""
@@ -54,9 +47,10 @@ class BackboneHost:
 
     def backprop(self, x: dict[str, Tensor], adapter: str, theta: Theta, g_h: Tensor) -> Theta:
         """g_theta = (dh/dtheta)^T g_h: linear in g_h."""
-        h = self._activations(x, adapter, theta)
         keys = list(self.params[adapter])
-        grads = torch.autograd.grad(h, [self.params[adapter][k] for k in keys], grad_outputs=g_h)
+        with torch.enable_grad():
+            h = self._activations(x, adapter, theta)
+            grads = torch.autograd.grad(h, [self.params[adapter][k] for k in keys], g_h)
         return dict(zip(keys, grads, strict=True))
 
 
@@ -93,3 +87,43 @@ def mixing_weights(n: int, d: int, gen: torch.Generator, scale: float = 1.0) -> 
 def mix(w: Tensor, hs: list[Tensor]) -> Tensor:
     """h' = sum_i W_i * h_i (elementwise, broadcast over the batch)."""
     return sum(wi * h for wi, h in zip(w, hs, strict=True))
+
+
+def probe_regularizer(
+    hs: list[Tensor], y: Tensor, probes: list[nn.Linear], steps: int = 10, lr: float = 0.2
+) -> Tensor:
+    """P3EFT's adversarial term: fit a linear probe y ~ h_i on each (detached) h_i, then
+    score h_i by how well the probe predicts the wrong label (binary: BCE against 1 - y;
+    multiclass: CE of the negated logits), so descending it hides y from each h_i alone."""
+    total = hs[0].new_zeros(())
+    for h, probe in zip(hs, probes, strict=True):
+        fit = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9)
+        for _ in range(steps):
+            fit.zero_grad()
+            _label_loss(probe(h.detach()), y).backward()
+            fit.step()
+        logits = torch.func.functional_call(
+            probe, {k: p.detach() for k, p in probe.named_parameters()}, (h,)
+        )
+        total = total + _label_loss(-logits, y)  # binary: BCE(-z, y) = BCE(z, 1 - y)
+    return total
+
+
+def _label_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """BCE-with-logits for one logit, cross-entropy otherwise."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+    return F.cross_entropy(logits, y)
+
+
+def distance_correlation(h: Tensor, y: Tensor, classes: int) -> Tensor:
+    """Sample distance correlation between activations and one-hot labels (the DC baseline's
+    regularizer: 0 iff independent in the population limit)."""
+
+    def centred(z: Tensor) -> Tensor:
+        d = torch.cdist(z, z)
+        return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+    a, b = centred(h), centred(F.one_hot(y, classes).float())
+    dcov = (a * b).mean()
+    return dcov.clamp_min(0).sqrt() / ((a * a).mean() * (b * b).mean()).pow(0.25).clamp_min(1e-12)

@@ -1,3 +1,3 @@
 """Server halves of the algorithms (Flower strategies) and the ServerApp."""
 
-from . import fedavg, proxskip, scaled_sgd, signsgd  # noqa: F401  (register their methods)
+from . import fedavg, proxskip, scaled_sgd, signsgd, split  # noqa: F401  (register them)

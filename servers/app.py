@@ -12,6 +12,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim.algorithms import SERVER_HALVES
 from fedsim.config import Scenario, load_scenario, parse_scenario_json
 
 from .experiment import run_experiment
@@ -32,7 +33,10 @@ def main(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(context.run_config)
     out_dir = str(context.run_config.get("out-dir", "runs/flwr"))
     resume = bool(context.run_config.get("resume", False))
-    if scenario.system.policy != "fedbuff":
+    loop = SERVER_HALVES.get(scenario.algorithm.name).loop
+    if loop:
+        loop(grid, scenario, out_dir, resume)
+    elif scenario.system.policy != "fedbuff":
         run_experiment(grid, scenario, out_dir, resume=resume)
     elif resume:
         raise ValueError("resume: asynchronous (fedbuff) runs keep no checkpoints")

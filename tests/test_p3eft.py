@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
+from fedsim.privacy.backbone import BackboneSpec, adapter_init
 from fedsim.privacy.split import BackboneHost, mix, mixing_weights, private_shards, recombine
 
+SPEC = BackboneSpec("tiny-bert", vocab=95, seed=0, adapters=2, rank=4, alpha=8)
 
-def host(seed: int = 0) -> BackboneHost:
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(seed)  # the same frozen weights on every host
-    return BackboneHost(BertModel(cfg), adapters=2, rank=4, alpha=8)
+
+def host() -> BackboneHost:
+    return BackboneHost(SPEC)  # the same frozen weights on every host (seeded)
+
+
+def random_theta(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    return {
+        k: 0.1 * torch.randn(v.shape, generator=gen) for k, v in adapter_init(SPEC, gen)[0].items()
+    }
 
 
 @pytest.mark.parametrize("m", [2, 3])
@@ -28,10 +27,8 @@ def test_private_backprop_over_two_hosts_recombines_to_the_plain_gradient(m):
     hosts = [host(), host()]
     gen = torch.Generator().manual_seed(1)
     x = {"input_ids": torch.randint(0, 100, (6, 10), generator=gen)}
-    theta = {
-        k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in hosts[0].initial("a1").items()
-    }
-    g_h = torch.randn(6, 32, generator=gen)
+    theta = random_theta(gen)
+    g_h = torch.randn(6, 64, generator=gen)
     plain = hosts[0].backprop(x, "a1", theta, g_h)
     shards, weights = private_shards(g_h, m, gen)
     assert all((s - g_h).norm() > 3 * g_h.norm() for s in shards)  # a host sees mostly noise
@@ -45,20 +42,23 @@ def test_a_host_keeps_no_state_between_calls():
     h = host()
     gen = torch.Generator().manual_seed(2)
     x = {"input_ids": torch.randint(0, 100, (4, 8), generator=gen)}
-    theta = {k: torch.randn(v.shape, generator=gen) for k, v in h.initial("a0").items()}
+    theta = random_theta(gen)
     first = h.forward(x, "a0", theta)
-    h.forward(x, "a0", h.initial("a0"))  # another caller's weights in between
+    h.forward(x, "a0", random_theta(gen))  # another caller's weights in between
     torch.testing.assert_close(h.forward(x, "a0", theta), first)
-    at_init = [h.forward(x, a, h.initial(a)) for a in ("a0", "a1")]
+    fresh = adapter_init(SPEC, gen)
+    at_init = [h.forward(x, f"a{i}", fresh[i]) for i in (0, 1)]
     torch.testing.assert_close(at_init[0], at_init[1])  # LoRA B = 0: both are the backbone
+    assert not torch.allclose(first, at_init[0])  # and adapters do change the activations
 
 
 def test_mixed_activations_equal_the_backbone_at_initialisation():
     h = host()
     gen = torch.Generator().manual_seed(3)
     x = {"input_ids": torch.randint(0, 100, (5, 8), generator=gen)}
-    w = mixing_weights(2, 32, gen, scale=5.0)
-    torch.testing.assert_close(w.sum(0), torch.ones(32))
+    w = mixing_weights(2, 64, gen, scale=5.0)
+    torch.testing.assert_close(w.sum(0), torch.ones(64))
     assert w.abs().max() > 2  # each weight alone is far from 1/n
-    hs = [h.forward(x, a, h.initial(a)) for a in ("a0", "a1")]
+    fresh = adapter_init(SPEC, gen)
+    hs = [h.forward(x, f"a{i}", fresh[i]) for i in (0, 1)]
     torch.testing.assert_close(mix(w, hs), hs[0], rtol=1e-5, atol=1e-5)

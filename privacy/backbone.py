@@ -1,0 +1,117 @@
+"""Backbones for split learning without a hub: `tiny-bert` (a small BERT, randomly initialised
+from a seed, with a word-level tokenizer over the task's vocabulary) or any `transformers`
+encoder by local path or by a name already in the local Hugging Face cache.
+
+Hosts load the weights (`load_backbone`); the label party needs only the tokenizer, the
+hidden size and the adapters' shapes, which it reads from the config on the meta device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from peft import LoraConfig
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertTokenizerFast
+
+TINY = "tiny-bert"
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything a host needs to build the same frozen model with the same adapter slots."""
+
+    name: str  # "tiny-bert", a local path, or a cached model name
+    vocab: int  # the task's vocabulary size (sizes tiny-bert's embeddings)
+    seed: int  # tiny-bert's initialisation
+    adapters: int  # n adapter slots "a0".."a{n-1}"
+    rank: int
+    alpha: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_config(spec: BackboneSpec):
+    if spec.name == TINY:
+        return BertConfig(
+            vocab_size=len(SPECIALS) + spec.vocab,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+        )
+    return AutoConfig.from_pretrained(spec.name, local_files_only=True)
+
+
+def lora_config(spec: BackboneSpec) -> LoraConfig:
+    """PEFT's default LoRA targets for the architecture (BERT: query and value), dropout 0."""
+    kind = model_config(spec).model_type
+    if kind not in TARGETS:
+        raise ValueError(f"model type {kind!r} has no default LoRA target modules in PEFT")
+    return LoraConfig(
+        r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=TARGETS[kind]
+    )
+
+
+def load_backbone(spec: BackboneSpec) -> nn.Module:
+    """The frozen encoder with adapter slots a0..a{n-1} (a host's model)."""
+    if spec.name == TINY:
+        with torch.random.fork_rng():
+            torch.manual_seed(spec.seed)
+            model = AutoModel.from_config(model_config(spec))
+    else:
+        model = AutoModel.from_pretrained(spec.name, local_files_only=True)
+    model.requires_grad_(False)
+    with warnings.catch_warnings():  # PEFT warns that a second adapter is a second adapter
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        for i in range(spec.adapters):
+            model.add_adapter(lora_config(spec), adapter_name=f"a{i}")
+    return model.eval()  # no dropout anywhere: calls are deterministic
+
+
+def adapter_init(spec: BackboneSpec, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """The label party's fresh adapter weights, PEFT's default initialisation (A uniform in
+    +-1/sqrt(fan_in), i.e. Kaiming with a = sqrt(5); B = 0), shaped on the meta device."""
+    with torch.device("meta"):
+        model = AutoModel.from_config(model_config(spec))
+        model.add_adapter(lora_config(spec), adapter_name="a0")
+    shapes = {
+        name.replace(".a0.", "."): p.shape for name, p in model.named_parameters() if ".a0." in name
+    }
+    thetas = []
+    for _ in range(spec.adapters):
+        theta = {}
+        for key, shape in shapes.items():
+            if ".lora_A." in key:
+                bound = 1 / math.sqrt(shape[1])
+                theta[key] = (2 * torch.rand(shape, generator=gen) - 1) * bound
+            else:
+                theta[key] = torch.zeros(shape)
+        thetas.append(theta)
+    return thetas
+
+
+def hidden_size(spec: BackboneSpec) -> int:
+    return int(model_config(spec).hidden_size)
+
+
+def tokenizer(spec: BackboneSpec, vocab: list[str]):
+    """tiny-bert: one token per task word; otherwise the model's own tokenizer."""
+    if spec.name == TINY:
+        return BertTokenizerFast(vocab={w: i for i, w in enumerate([*SPECIALS, *vocab])})
+    return AutoTokenizer.from_pretrained(spec.name, local_files_only=True)
+
+
+def encode_text(spec: BackboneSpec, vocab: list[str], word_ids: np.ndarray) -> dict[str, Tensor]:
+    """Token ids and attention mask of the sentences, padded to the longest."""
+    texts = [" ".join(vocab[i] for i in row) for row in word_ids]
+    enc = tokenizer(spec, vocab)(texts, padding=True, truncation=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
