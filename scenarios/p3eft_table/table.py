@@ -1,0 +1,46 @@
+"""The P3EFT table: final test accuracy and leak (the worst attack AUC over training, from
+each host's view) per method, task and setting, shaped like the paper's.
+
+python scenarios/p3eft_table/table.py runs/sweeps/p3eft_table
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+METHODS = ("head_only", "vanilla", "dc", "p3eft")
+
+
+def main() -> None:
+    sweep = Path(sys.argv[1])
+    with open(sweep / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cells: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        run = sweep / "points" / f"{int(r['point']):03d}" / f"seed{r['seed']}"
+        s = json.loads((run / "summary.json").read_text())
+        column = (int(r["data.options.classes"]), int(r["algorithm.hosts"]))
+        cells[(r["algorithm.method"], column)].append((s["final"]["eval_accuracy"], s["leak"]))
+    columns = sorted({c for _, c in cells})
+    names = [f"{k}-class, {'two' if h == 1 else 'multi'}-party" for k, h in columns]
+    print("| method | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(columns))
+    for m in METHODS:
+        out = []
+        for c in columns:
+            runs = cells.get((m, c), [])
+            if not runs:
+                out.append("-")
+                continue
+            acc, leak = sum(a for a, _ in runs) / len(runs), max(v for _, v in runs)
+            out.append(f"{100 * acc:.1f} / {100 * leak:.1f}")
+        print(f"| {m} | " + " | ".join(out) + " |")
+    print("\naccuracy % / leak % (max(AUC, 1 - AUC) of the strongest attack, worst checkpoint)")
+
+
+if __name__ == "__main__":
+    main()
