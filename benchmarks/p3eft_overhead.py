@@ -24,7 +24,7 @@ from fedsim.data import load_dataset
 from fedsim.privacy.backbone import BackboneSpec, encode_text
 from fedsim.runtime import load_component
 from fedsim.runtime.inprocess import InProcessGrid
-from fedsim.servers.split import HostViews, Hosts, LabelParty
+from fedsim.servers.split import Hosts, HostViews, LabelParty
 
 RESULTS = Path(__file__).parent / "results"
 STEPS, REPEATS, BATCH = 20, 5, 32

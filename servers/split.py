@@ -195,7 +195,10 @@ class LabelParty:
         with torch.random.fork_rng():
             torch.manual_seed(derive_seed(seed, SPLIT_STREAM))
             self.head = nn.Sequential(
-                nn.LayerNorm(d, elementwise_affine=False), nn.Linear(d, d), nn.Tanh(), nn.Linear(d, out)
+                nn.LayerNorm(d, elementwise_affine=False),
+                nn.Linear(d, d),
+                nn.Tanh(),
+                nn.Linear(d, out),
             )
             self.probes = [nn.Linear(d, out) for _ in range(p.adapters)]
         trainable = list(self.head.parameters())
@@ -309,7 +312,11 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         hosts.bytes_up = hosts.bytes_down = hosts.calls = 0
         losses.clear()
         writer.append(row)
-    worst = {k: max(r.get(k, 0.0) for r in writer.rows) for k in writer.rows[-1] if k.startswith(("leak", "kmeans"))}
+    worst = {
+        k: max(r.get(k, 0.0) for r in writer.rows)
+        for k in writer.rows[-1]
+        if k.startswith(("leak", "kmeans"))
+    }
     summary = summarize(
         writer.rows, scenario=scenario.name, runtime=scenario.runtime, method=p.method, **worst
     )
