@@ -41,7 +41,7 @@ def setup(method: str):
     spec = BackboneSpec(p.backbone, len(ds.meta["vocab"]), s.seed, p.adapters, p.rank, 32)
     grid = InProcessGrid(load_component("fedsim.clients.app:app"), p.hosts)
     hosts = Hosts(grid, list(grid.contexts), spec, p.rotate)
-    x = {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train).items()}
+    x = {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train)[0].items()}
     y = torch.from_numpy(ds.y_train[:BATCH])
     return LabelParty(p, spec, ds.num_classes, s.seed), hosts, x, y
 

@@ -110,8 +110,13 @@ def tokenizer(spec: BackboneSpec, vocab: list[str]):
     return AutoTokenizer.from_pretrained(spec.name, local_files_only=True)
 
 
-def encode_text(spec: BackboneSpec, vocab: list[str], word_ids: np.ndarray) -> dict[str, Tensor]:
-    """Token ids and attention mask of the sentences, padded to the longest."""
-    texts = [" ".join(vocab[i] for i in row) for row in word_ids]
-    enc = tokenizer(spec, vocab)(texts, padding=True, truncation=True, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+def encode_text(spec: BackboneSpec, vocab: list[str], *word_ids: np.ndarray) -> list[dict]:
+    """Token ids and attention mask of each array of sentences, padded to its longest (the
+    tokenizer is loaded once for all)."""
+    tok = tokenizer(spec, vocab)
+    out = []
+    for rows in word_ids:
+        texts = [" ".join(vocab[i] for i in row) for row in rows]
+        enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out

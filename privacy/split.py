@@ -100,16 +100,16 @@ def probe_regularizer(
         fit = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9)
         for _ in range(steps):
             fit.zero_grad()
-            _label_loss(probe(h.detach()), y).backward()
+            label_loss(probe(h.detach()), y).backward()
             fit.step()
         logits = torch.func.functional_call(
             probe, {k: p.detach() for k, p in probe.named_parameters()}, (h,)
         )
-        total = total + _label_loss(-logits, y)  # binary: BCE(-z, y) = BCE(z, 1 - y)
+        total = total + label_loss(-logits, y)  # binary: BCE(-z, y) = BCE(z, 1 - y)
     return total
 
 
-def _label_loss(logits: Tensor, y: Tensor) -> Tensor:
+def label_loss(logits: Tensor, y: Tensor) -> Tensor:
     """BCE-with-logits for one logit, cross-entropy otherwise."""
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], y.float())

@@ -17,7 +17,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import Field
@@ -34,6 +33,7 @@ from fedsim.privacy.backbone import model_config as backbone_config
 from fedsim.privacy.split import (
     Theta,
     distance_correlation,
+    label_loss,
     mix,
     mixing_weights,
     private_shards,
@@ -210,14 +210,8 @@ class LabelParty:
         """h' = sum_i W_i * h_i (one adapter set: h itself)."""
         return mix(self.w, hs) if len(hs) > 1 else hs[0]
 
-    def loss(self, h: Tensor, y: Tensor) -> Tensor:
-        logits = self.head(h)
-        if logits.shape[1] == 1:
-            return F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
-        return F.cross_entropy(logits, y)
-
-    def predict(self, hs: list[Tensor]) -> Tensor:
-        logits = self.head(self.features(hs))
+    @staticmethod
+    def predict(logits: Tensor) -> Tensor:
         return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
     def step(self, hosts: Hosts, t: int, x: dict, y: Tensor, views: HostViews) -> float:
@@ -229,7 +223,7 @@ class LabelParty:
             views.add(node, "act", i, h, labels)
         hs = [h.requires_grad_() for h in hs]
         self.opt.zero_grad()
-        main = self.loss(self.features(hs), y)
+        main = label_loss(self.head(self.features(hs)), y)
         penalty = {
             "p3eft": lambda: probe_regularizer(hs, y, self.probes, self.p.probe_steps),
             "dc": lambda: distance_correlation(hs[0], y, self.classes),
@@ -263,8 +257,9 @@ class LabelParty:
                     0, xb, [{k: v.detach() for k, v in th.items()} for th in self.thetas]
                 )
                 yb = y[s : s + chunk]
-                loss += float(self.loss(self.features(hs), yb)) * len(yb)
-                correct += float((self.predict(hs) == yb).sum())
+                logits = self.head(self.features(hs))
+                loss += float(label_loss(logits, yb)) * len(yb)
+                correct += float((self.predict(logits) == yb).sum())
         return {"eval_loss": loss / len(y), "eval_accuracy": correct / len(y)}
 
     def flat(self) -> np.ndarray:
@@ -283,7 +278,7 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     ds = load_dataset(scenario.data, scenario.seed)
     vocab = ds.meta["vocab"]
     spec = BackboneSpec(p.backbone, len(vocab), scenario.seed, p.adapters, p.rank, p.lora_alpha)
-    x_train, x_test = encode_text(spec, vocab, ds.x_train), encode_text(spec, vocab, ds.x_test)
+    x_train, x_test = encode_text(spec, vocab, ds.x_train, ds.x_test)
     y_train, y_test = torch.from_numpy(ds.y_train), torch.from_numpy(ds.y_test)
     partitions = discover_partitions(grid, p.hosts)
     hosts = Hosts(grid, [partitions[k] for k in range(p.hosts)], spec, p.rotate)
