@@ -15,7 +15,9 @@ A sweep file names a base scenario, axes and seeds:
 Axes are crossed with each other. Every (point, seed) scenario is validated before
 anything runs. Each run gets its own run directory under SWEEP_DIR/points/; a run with
 a summary.json is done and skipped when the sweep is run again, and one with a
-checkpoint resumes, so a killed sweep continues where it stopped.
+checkpoint resumes, so a killed sweep continues where it stopped. A run directory that
+holds another scenario (the sweep or its base changed since) is an error before anything
+runs, never a silently reused result.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm import tqdm
 
 from fedsim.config import Scenario, ScenarioError, load_scenario, set_key
-from fedsim.results import CHECKPOINT, SUMMARY, create_run_dir
+from fedsim.results import CHECKPOINT, CONFIG, SUMMARY, create_run_dir
 
 ERROR, SWEEP_RECORD = "error.txt", "sweep.json"
 
@@ -176,6 +178,13 @@ def run_sweep(path: Path | str, sweep_dir: Path | str, jobs: int = 1) -> list[Ru
     cfg, base = read_sweep(path)
     runs = plan(cfg, base)  # validated before anything is created
     sweep_dir = Path(sweep_dir)
+    for r in runs:
+        saved = r.directory(sweep_dir) / CONFIG
+        if saved.is_file() and saved.read_text() != r.scenario.to_toml():
+            raise ScenarioError(
+                f"sweep point {r.point} ({r.label}) seed {r.seed}: {str(saved.parent)!r} holds"
+                " a run of another scenario (the sweep or its base changed); use a new --out"
+            )
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = {"config": cfg.model_dump(exclude_none=True), "points": {}}
     for r in runs:

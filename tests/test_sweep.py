@@ -134,3 +134,14 @@ def test_a_killed_sweep_resumes_and_runs_only_what_is_missing(tmp_path):
     assert all(after[p] == t for p, t in done.items())  # completed runs were not redone
     write_report(out)
     assert sum(1 for r in read_csv(out / "sweep.csv") if r["status"] == "ok") == 6
+
+
+def test_a_changed_sweep_is_refused_rather_than_served_stale_results(tmp_path):
+    axes = '[[axes]]\nkey = "algorithm.client_lr"\nvalues = [0.1]'
+    out = tmp_path / "out"
+    run_sweep(sweep_file(tmp_path, axes, seeds="[0]"), out, jobs=1)
+    changed = sweep_file(tmp_path, axes.replace("0.1", "0.2"), seeds="[0]")
+    before = (out / "points/000/seed0/summary.json").read_text()
+    with pytest.raises(ScenarioError, match=r"^sweep point 0 \(algorithm.client_lr=0.2\) seed 0"):
+        run_sweep(changed, out, jobs=1)
+    assert (out / "points/000/seed0/summary.json").read_text() == before  # nothing touched
