@@ -38,7 +38,8 @@ class BackboneHost:
         with torch.no_grad():
             for k, v in theta.items():
                 params[k].copy_(v)
-        return self.model(**x).last_hidden_state[:, 0]  # the first token's hidden state
+        mask = x.get("attention_mask", torch.ones_like(x["input_ids"]))  # as transformers does
+        return mean_pool(self.model(**x).last_hidden_state, mask)
 
     def forward(self, x: dict[str, Tensor], adapter: str, theta: Theta) -> Tensor:
         """h = forward(x, theta)."""
@@ -52,6 +53,14 @@ class BackboneHost:
             h = self._activations(x, adapter, theta)
             grads = torch.autograd.grad(h, [self.params[adapter][k] for k in keys], g_h)
         return dict(zip(keys, grads, strict=True))
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """The sentence's activation: its tokens' last hidden states averaged (padding left out).
+    Unlike the first token's state it varies with every word even in a backbone that was
+    never trained to summarise into [CLS], so frozen features are informative."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1)
 
 
 def private_shards(g_h: Tensor, m: int, gen: torch.Generator, scale: float = 10.0):

@@ -63,7 +63,7 @@ class SplitParams(AlgorithmParams):
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0, description="Adam's step size for head and adapters")
     noise_scale: float = Field(100.0, gt=0, description="RMS of a shard's noise over g_h's")
-    mix_scale: float = Field(10.0, ge=0, description="std of the mixing weights' xi")
+    mix_scale: float = Field(30.0, ge=0, description="std of the mixing weights' xi")
     probe_steps: int = Field(10, ge=1, description="probe fitting steps per training step")
     rotate: bool = Field(True, description="move each adapter to the next host every step")
     leak_every: int = Field(20, ge=1, description="steps per leak/accuracy checkpoint")

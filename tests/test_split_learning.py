@@ -83,21 +83,31 @@ def test_calls_rotate_over_hosts_and_shards_go_to_different_hosts():
 
 
 @pytest.mark.slow
-def test_attacks_expose_vanilla_split_lora_and_not_p3eft_gradients(tmp_path):
+def test_attacks_expose_vanilla_split_lora_and_not_p3eft(tmp_path):
     """Labels shape the gradients (25% positives): the norm and spectral attacks read them
-    off what a vanilla host receives; P3EFT's shards hide them (see docs/p3eft for the
-    activations)."""
+    off what a vanilla host sees; P3EFT's shards and mixing hide them from every host view
+    at every checkpoint, at an accuracy within 3 points of vanilla's."""
     data = {"dataset": "sentences", "options": {"class_prior": [0.75, 0.25]}}
     runs = {}
     for method in ("vanilla", "p3eft"):
-        launch(scenario(method=method, rounds=300, data=data, leak_every=50), tmp_path / method)
+        s = scenario(
+            method=method,
+            rounds=300,
+            data=data,
+            leak_every=50,
+            rank=16,
+            lora_alpha=32,
+            lr=1e-3,
+            reg=0.0,
+        )
+        launch(s, tmp_path / method)
         runs[method] = read_summary(tmp_path / method)
     vanilla, p3eft = runs["vanilla"], runs["p3eft"]
     assert vanilla["leak_grad_norm"] > 0.9 and vanilla["leak_grad_spectral"] > 0.9
     assert vanilla["leak_act_spectral"] > 0.9
-    assert max(p3eft[f"leak_grad_{a}"] for a in ("norm", "spectral", "direction")) < 0.7
     assert vanilla["final"]["eval_accuracy"] > 0.85  # above the 75% of always-negative
-    assert p3eft["best_eval_accuracy"] > 0.85
+    assert p3eft["leak"] < 0.7  # the worst attack, host and checkpoint
+    assert p3eft["final"]["eval_accuracy"] > vanilla["final"]["eval_accuracy"] - 0.03
 
 
 def test_distance_correlation_is_one_for_labels_and_near_zero_for_noise():
