@@ -38,7 +38,7 @@ def setup(method: str):
         }
     )
     p, ds = s.algorithm, load_dataset(s.data, s.seed)
-    spec = BackboneSpec(p.backbone, len(ds.meta["vocab"]), s.seed, p.adapters, p.rank, 32)
+    spec = BackboneSpec(p.backbone, len(ds.meta["vocab"]), s.seed, p.adapters, p.rank, p.lora_alpha)
     grid = InProcessGrid(load_component("fedsim.clients.app:app"), p.hosts)
     hosts = Hosts(grid, list(grid.contexts), spec, p.rotate)
     x = {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train)[0].items()}

@@ -224,11 +224,7 @@ class LabelParty:
         hs = [h.requires_grad_() for h in hs]
         self.opt.zero_grad()
         main = label_loss(self.head(self.features(hs)), y)
-        penalty = {
-            "p3eft": lambda: probe_regularizer(hs, y, self.probes, self.p.probe_steps),
-            "dc": lambda: distance_correlation(hs[0], y, self.classes),
-        }.get(self.p.method)
-        (main + self.p.reg * penalty() if penalty else main).backward()
+        (main + self.p.reg * self._penalty(hs, y) if self.p.reg else main).backward()
         if self.p.method != "head_only":
             split = [self._shards(h.grad) for h in hs]
             grads, bwd_nodes = hosts.backprop(t, x, self.thetas, [s for s, _ in split])
@@ -242,6 +238,14 @@ class LabelParty:
         self.opt.step()
         return float(main.detach())
 
+    def _penalty(self, hs: list[Tensor], y: Tensor) -> Tensor | float:
+        """P3EFT's adversarial probe term or DC's distance correlation; none for the others."""
+        if self.p.method == "p3eft":
+            return probe_regularizer(hs, y, self.probes, self.p.probe_steps)
+        if self.p.method == "dc":
+            return distance_correlation(hs[0], y, self.classes)
+        return 0.0
+
     def _shards(self, g: Tensor) -> tuple[list[Tensor], Tensor]:
         if self.p.shards == 1:
             return [g], torch.ones(1)
@@ -253,9 +257,7 @@ class LabelParty:
         with torch.no_grad():
             for s in range(0, len(y), chunk):
                 xb = {k: v[s : s + chunk] for k, v in x.items()}
-                hs, _ = hosts.forward(
-                    0, xb, [{k: v.detach() for k, v in th.items()} for th in self.thetas]
-                )
+                hs, _ = hosts.forward(0, xb, self.thetas)
                 yb = y[s : s + chunk]
                 logits = self.head(self.features(hs))
                 loss += float(label_loss(logits, yb)) * len(yb)
