@@ -1,17 +1,19 @@
-# The README's commands. `make run` and `make test` set everything up on a fresh machine.
+# The README's commands. `make run` and `make test` set everything up on a fresh machine
+# from the lock file (requirements/lock.txt), so an upstream release cannot break them.
 PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
-TORCH   ?= torch==2.13.0
+LOCK    := requirements/lock.txt
+PIPQ    := pip install -q --disable-pip-version-check
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint lock test-latest test-lowest clean
 
-$(BIN)/fedsim: pyproject.toml
+# The locked environment: exact versions, torch's CPU wheel, the project itself editable.
+$(BIN)/fedsim: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, so pip never pulls the multi-GB CUDA build on a CPU machine
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/$(PIPQ) -r $(LOCK)
+	$(BIN)/$(PIPQ) --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(BIN)/fedsim
 
 run: $(BIN)/fedsim
@@ -28,5 +30,31 @@ bench: $(BIN)/fedsim
 lint: $(BIN)/fedsim
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# Regenerate the lock from pyproject.toml's ranges and requirements/lock.in (then run
+# `make test` and commit both).
+lock:
+	test -x .venv-lock/bin/pip-compile || ($(PY) -m venv .venv-lock && \
+	    .venv-lock/bin/$(PIPQ) pip-tools==7.6.2)
+	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --extra dev \
+	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements/lock.in
+
+# Drift on purpose, in venvs of their own (not part of .ci/run): the newest releases the
+# ranges allow (torch stays the local CPU wheel), and every direct dependency at its floor.
+test-latest:
+	rm -rf .venv-latest && $(PY) -m venv .venv-latest
+	.venv-latest/bin/$(PIPQ) --upgrade pip setuptools wheel
+	.venv-latest/bin/$(PIPQ) torch==2.13.0
+	.venv-latest/bin/$(PIPQ) -e ".[dev]"
+	.venv-latest/bin/pip check && .venv-latest/bin/pip list --format=freeze
+	.venv-latest/bin/python -m pytest -q
+
+test-lowest:
+	rm -rf .venv-lowest && $(PY) -m venv .venv-lowest
+	$(PY) requirements/lowest.py > .venv-lowest/constraints.txt
+	.venv-lowest/bin/$(PIPQ) --upgrade pip setuptools wheel
+	.venv-lowest/bin/$(PIPQ) -c .venv-lowest/constraints.txt -e ".[dev]"
+	.venv-lowest/bin/pip check && .venv-lowest/bin/pip list --format=freeze
+	.venv-lowest/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-lowest .venv-lock runs build *.egg-info

@@ -9,12 +9,11 @@ hidden size and the adapters' shapes, which it reads from the config on the meta
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertTokenizerFast
@@ -61,6 +60,31 @@ def lora_config(spec: BackboneSpec) -> LoraConfig:
     )
 
 
+PREFIX = "base_model.model."  # PeftModel's path to the wrapped encoder
+
+
+def with_adapters(model: nn.Module, spec: BackboneSpec) -> nn.Module:
+    """The encoder with n named LoRA adapters "a0".."a{n-1}", through PEFT's own API (not
+    transformers' integration layer, whose PEFT version floor moves with its releases)."""
+    if spec.adapters == 0:
+        return model
+    config = lora_config(spec)
+    peft_model = get_peft_model(model, config, adapter_name="a0")
+    for i in range(1, spec.adapters):
+        peft_model.add_adapter(f"a{i}", config)
+    return peft_model
+
+
+def adapter_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
+    """One adapter set's parameters, keyed by name without the adapter and PEFT's prefix (the
+    keys the label party's theta uses)."""
+    return {
+        name.removeprefix(PREFIX).replace(f".{adapter}.", "."): p
+        for name, p in model.named_parameters()
+        if f".{adapter}." in name
+    }
+
+
 def load_backbone(spec: BackboneSpec) -> nn.Module:
     """The frozen encoder with adapter slots a0..a{n-1} (a host's model)."""
     if spec.name == TINY:
@@ -70,22 +94,22 @@ def load_backbone(spec: BackboneSpec) -> nn.Module:
     else:
         model = AutoModel.from_pretrained(spec.name, local_files_only=True)
     model.requires_grad_(False)
-    with warnings.catch_warnings():  # PEFT warns that a second adapter is a second adapter
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        for i in range(spec.adapters):
-            model.add_adapter(lora_config(spec), adapter_name=f"a{i}")
-    return model.eval()  # no dropout anywhere: calls are deterministic
+    return with_adapters(model, spec).eval()  # no dropout anywhere: calls are deterministic
+
+
+def set_adapter(model: nn.Module, adapter: str) -> None:
+    """Make `adapter` the one the next forward uses."""
+    if not isinstance(model, PeftModel):
+        raise ValueError("the backbone has no adapters")
+    model.set_adapter(adapter)
 
 
 def adapter_init(spec: BackboneSpec, gen: torch.Generator) -> list[dict[str, Tensor]]:
     """The label party's fresh adapter weights, PEFT's default initialisation (A uniform in
     +-1/sqrt(fan_in), i.e. Kaiming with a = sqrt(5); B = 0), shaped on the meta device."""
     with torch.device("meta"):
-        model = AutoModel.from_config(model_config(spec))
-        model.add_adapter(lora_config(spec), adapter_name="a0")
-    shapes = {
-        name.replace(".a0.", "."): p.shape for name, p in model.named_parameters() if ".a0." in name
-    }
+        model = with_adapters(AutoModel.from_config(model_config(spec)), spec)
+    shapes = {name: p.shape for name, p in adapter_params(model, "a0").items()}
     thetas = []
     for _ in range(spec.adapters):
         theta = {}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import BackboneSpec, load_backbone
+from .backbone import BackboneSpec, adapter_params, load_backbone, set_adapter
 
 Theta = dict[str, Tensor]  # one adapter set's weights, keyed by parameter name sans adapter
 
@@ -21,17 +21,10 @@ class BackboneHost:
     def __init__(self, spec: BackboneSpec) -> None:
         self.spec = spec
         self.model = load_backbone(spec)
-        self.params = {
-            f"a{i}": {
-                name.replace(f".a{i}.", "."): p
-                for name, p in self.model.named_parameters()
-                if f".a{i}." in name
-            }
-            for i in range(spec.adapters)
-        }
+        self.params = {f"a{i}": adapter_params(self.model, f"a{i}") for i in range(spec.adapters)}
 
     def _activations(self, x: dict[str, Tensor], adapter: str, theta: Theta) -> Tensor:
-        self.model.set_adapter(adapter)
+        set_adapter(self.model, adapter)
         params = self.params[adapter]
         if theta.keys() != params.keys():
             raise ValueError(f"adapter weights do not match the backbone's {adapter} slot")

@@ -62,3 +62,28 @@ def test_mixed_activations_equal_the_backbone_at_initialisation():
     fresh = adapter_init(SPEC, gen)
     hs = [h.forward(x, f"a{i}", fresh[i]) for i in (0, 1)]
     torch.testing.assert_close(mix(w, hs), hs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_installed_transformers_and_peft_build_the_lora_backbone():
+    """Fails loudly (never skips) when the installed transformers/peft pair cannot build the
+    host's model: named LoRA adapters through PEFT's API, each one selectable, each one
+    changing the activations only when its own weights do."""
+    import peft
+    import transformers
+
+    versions = f"transformers {transformers.__version__}, peft {peft.__version__}"
+    spec = BackboneSpec("tiny-bert", 20, 0, 2, 4, 8)
+    try:
+        host = BackboneHost(spec)
+    except Exception as err:  # any failure here is the incompatibility
+        pytest.fail(f"{versions} cannot build the LoRA backbone: {err!r}")
+    thetas = adapter_init(spec, torch.Generator().manual_seed(0))
+    assert set(host.params) == {"a0", "a1"}
+    assert all(t.keys() == host.params["a0"].keys() for t in thetas), versions
+    x = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4).long()}
+    bumped = {k: v + 0.5 for k, v in thetas[0].items()}  # B != 0: the adapter now acts
+    plain = host.forward(x, "a0", thetas[0])
+    assert torch.equal(host.forward(x, "a1", thetas[0]), plain), versions  # same weights
+    assert not torch.allclose(host.forward(x, "a0", bumped), plain), versions
+    grads = host.backprop(x, "a1", bumped, torch.ones_like(plain))
+    assert grads.keys() == thetas[1].keys() and all(g.abs().sum() > 0 for g in grads.values())

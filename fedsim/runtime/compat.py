@@ -4,7 +4,7 @@
   src_node_id; Flower's own runtimes set it before running a ServerApp.
 - `_run_simulation`: the Simulation Engine entry that accepts the ServerApp's
   Context, so the ServerApp gets its run_config as under `flwr run`.
-Supported Flower range: pyproject.toml pins flwr>=1.41,<1.42.
+Supported Flower range: pyproject.toml pins flwr>=1.41,<1.43 (SUPPORTED below).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
+
+SUPPORTED = {(1, 41), (1, 42)}  # Flower minor releases checked against this module
 
 
 def set_server_identity(run_id: int) -> None:
