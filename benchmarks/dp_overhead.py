@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.clients.training import objective_for
+from fedsim.clients.objective import objective_for
 from fedsim.config import client_spec, load_scenario
 
 RESULTS = Path(__file__).parent / "results"

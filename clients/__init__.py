@@ -1,3 +1,2 @@
-"""Client halves of the algorithms and the ClientApp that runs them."""
-
-from . import local_sgd, proxskip, scaled_sgd, signsgd, split_host  # noqa: F401  (register)
+"""The ClientApp and the client half of the method adapter: local objectives, and split
+learning's backbone hosts."""

@@ -7,32 +7,16 @@ from __future__ import annotations
 import functools
 import json
 
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 
-from fedsim.algorithms import CLIENT_HALVES
-from fedsim.codecs import pack, unpack
 from fedsim.privacy.backbone import BackboneSpec
-from fedsim.privacy.split import BackboneHost
-
-INPUTS = ("input_ids", "attention_mask")
-GRAD = "g"  # the activation gradient (or one shard of it) in a backprop query
-ACTIVATIONS = "h"
+from fedsim.privacy.split import ACTIVATIONS, GRAD, INPUTS, BackboneHost, arrays, tensors
 
 
 @functools.lru_cache(maxsize=2)
 def host(spec_json: str) -> BackboneHost:
     """The frozen model, loaded once per backbone spec."""
     return BackboneHost(BackboneSpec(**json.loads(spec_json)))
-
-
-def tensors(rec: ArrayRecord, keys) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(unpack(rec[k]))) for k in keys}
-
-
-def arrays(values: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: pack(v.detach().numpy()) for k, v in values.items()})
 
 
 def answer(msg: Message) -> Message:
@@ -47,8 +31,3 @@ def answer(msg: Message) -> Message:
     else:
         out = model.backprop(x, adapter, theta, tensors(rec, [GRAD])[GRAD])
     return Message(RecordDict({"arrays": arrays(out)}), reply_to=msg)
-
-
-CLIENT_HALVES.register(
-    "split_lora", answer, "backbone host: answers query.forward and query.backprop"
-)

@@ -12,19 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from fedsim.config import RUNTIMES, Scenario, ScenarioError, load_scenario
+from fedsim.checkpoint import CheckpointError, load_checkpoint
+from fedsim.config import ScenarioError, load_scenario
+from fedsim.method import RUNTIMES
+from fedsim.results import CONFIG, RunFailed
 
-EXIT_BAD_INPUT = 2
-
-
-def preflight(scenario: Scenario) -> None:
-    """Checks that need the data: it loads, and the partitioner can split it."""
-    from fedsim.data import client_data
-
-    try:
-        client_data(scenario.data, scenario.seed, 0)  # loads and partitions (or generates)
-    except (ValueError, OSError) as e:
-        raise ScenarioError(f"scenario.data: {e}") from None
+EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -41,7 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.scenario:
         raise ScenarioError("scenario: missing (give a TOML file, or --resume DIR)")
     scenario = load_scenario(args.scenario, overrides)
-    preflight(scenario)
+    if scenario.runtime == "deployment":
+        from fedsim.runtime.deployment import check_connection
+
+        try:
+            check_connection(args.federation)
+        except ValueError as e:
+            raise ScenarioError(str(e)) from None
     out = Path(args.out or f"runs/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         create_run_dir(out, scenario.to_toml(), overwrite=args.overwrite)
@@ -53,7 +52,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def resume_run(out: Path, overrides: list[str], federation: str | None = None) -> int:
     """Continue a run from its last checkpoint, with its own resolved scenario."""
-    from fedsim.results import CONFIG
     from fedsim.runtime import launch
 
     if not (out / CONFIG).is_file():
@@ -61,6 +59,18 @@ def resume_run(out: Path, overrides: list[str], federation: str | None = None) -
     if overrides and not federation:
         raise ScenarioError("resume: --set/--runtime cannot change a run being resumed")
     scenario = load_scenario(out / CONFIG)
+    method, runtime = scenario.method, scenario.runtime
+    if scenario.system.policy == "fedbuff":
+        raise ScenarioError("resume: system.policy 'fedbuff' runs keep no checkpoints")
+    if runtime not in method.supports.resume:
+        raise ScenarioError(
+            f"resume: algorithm.name {method.name!r} cannot resume on runtime {runtime!r}"
+            f" (resumable on: {sorted(method.supports.resume) or 'none'})"
+        )
+    try:
+        load_checkpoint(out, scenario.to_json())  # a corrupt or foreign one stops here
+    except CheckpointError as e:
+        raise ScenarioError(str(e)) from None
     launch(scenario, out, resume=True, federation=federation)
     return report(out)
 
@@ -111,19 +121,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from fedsim.algorithms import CLIENT_HALVES, SERVER_HALVES, algorithm_names
     from fedsim.codecs import CODEC_FAMILIES, CODECS
     from fedsim.data import DATASETS
+    from fedsim.method import METHODS
     from fedsim.models import MODELS
     from fedsim.registry import load_plugins
 
     load_plugins()
     print("algorithms:")
-    for name in algorithm_names():
-        print(f"  {name:14s} {SERVER_HALVES.get(name).doc}")
-    half = set(SERVER_HALVES.names()) ^ set(CLIENT_HALVES.names())
-    if half:
-        print(f"  (only one half registered: {sorted(half)})")
+    for e in METHODS:
+        print(f"  {e.name:14s} {e.doc}")
     for title, reg in (("datasets", DATASETS), ("models", MODELS), ("codecs", CODECS)):
         print(f"{title}:")
         for e in reg:
@@ -170,8 +177,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with fedsim's errors: one line, exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        print(f"fedsim: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
+    p = Parser(prog="fedsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario and write a run directory")
     run.add_argument("scenario", nargs="?", help="scenario TOML file")
@@ -226,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as e:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as e:
+        print(f"fedsim: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -427,12 +427,20 @@ def codec(spec: str) -> Codec:
     raise ValueError(f"codec {spec!r} is not one of {codec_names()}")
 
 
-def with_feedback(v: np.ndarray, e: np.ndarray | None, spec: str) -> tuple[np.ndarray, np.ndarray]:
+def roundtrip(v: torch.Tensor, spec: str) -> torch.Tensor:
+    """decode(encode(v)) on v's device: what a receiver of v in format `spec` holds
+    (`spec` deterministic)."""
+    c = codec(spec)
+    return torch.from_numpy(np.array(c.decode(c.encode(v.detach().cpu().numpy())))).to(v.device)
+
+
+def with_feedback(
+    v: torch.Tensor, e: torch.Tensor | None, spec: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Error feedback (Karimireddy et al., 2019): C(v + e) as the receiver decodes it, and the
     new memory (v + e) - C(v + e), so what compression drops is sent later."""
-    p = np.asarray(v, dtype=np.float32) if e is None else np.asarray(v, dtype=np.float32) + e
-    c = codec(spec)
-    sent = c.decode(c.encode(p))
+    p = v if e is None else v + e
+    sent = roundtrip(p, spec)
     return sent, p - sent
 
 

@@ -8,11 +8,14 @@ greater than 0)`. The CLI turns it into exit code 2.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import tomli_w
 import torch
 from pydantic import (
@@ -23,17 +26,17 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from fedsim.algorithms import SERVER_HALVES, AlgorithmParams
-from fedsim.data import DataConfig
+from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Profiles, SystemConfig
-from fedsim.models import ModelConfig
-from fedsim.privacy.config import PrivacyConfig
-from fedsim.privacy.plan import resolve_privacy
-from fedsim.registry import load_plugins
+from fedsim.method import METHODS, FederatedMethod, Method, Params
+from fedsim.models import ModelConfig, build_model
+from fedsim.registry import Registry, load_plugins
 
-RUNTIMES = ("inprocess", "simulation", "deployment")
+# (scenario) -> scenario run last when a scenario loads (privacy registers its calibration)
+RESOLVERS: Registry[Callable[[Any], Any]] = Registry("scenario resolver")
 
 
 def _without_none(value: Any) -> Any:
@@ -46,10 +49,52 @@ class ScenarioError(ValueError):
     """A scenario that cannot run; the message is one line: key, value, what is allowed."""
 
 
+class PrivacyConfig(BaseModel):
+    """Which mechanism, how much noise (or a target epsilon), the clipping norm and delta.
+
+    - `dp_sgd`: sample-level DP-SGD in local training (Opacus per-sample clipping and
+      Gaussian noise, Poisson batches of expected size `algorithm.batch_size`);
+    - `dp_fedavg`: client-level DP: each client update clipped to C, Gaussian noise at the
+      server, cohort sampling at rate `algorithm.fraction`;
+    - `local`: every client clips and noises the vector it sends (before encoding).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mechanism: Literal["none", "dp_sgd", "dp_fedavg", "local"] = "none"
+    epsilon: float | None = Field(
+        None, gt=0, allow_inf_nan=True, description="target epsilon (inf: no noise)"
+    )
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="sigma (noise std / C); when both are set, the one used"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="C: the clipping norm")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> PrivacyConfig:
+        if self.mechanism == "none":
+            return self
+        if self.epsilon is None and self.noise_multiplier is None:
+            raise ValueError(
+                f"mechanism {self.mechanism!r} needs epsilon (a target) or noise_multiplier"
+            )
+        if self.epsilon is not None and math.isnan(self.epsilon):
+            raise ValueError("epsilon: nan is not a number")
+        if self.epsilon is not None and math.isinf(self.epsilon):
+            return self.model_copy(update={"noise_multiplier": 0.0})
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.mechanism != "none"
+
+
 class SimulationConfig(BaseModel):
     """Resources per ClientApp on Flower's Simulation Engine (Ray)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -58,7 +103,7 @@ class SimulationConfig(BaseModel):
 class Scenario(BaseModel):
     """A whole experiment: data, model, algorithm, system, runtime, rounds, seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "scenario"
     seed: int = Field(0, ge=0)
@@ -68,7 +113,7 @@ class Scenario(BaseModel):
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0: none)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    algorithm: SerializeAsAny[AlgorithmParams]
+    algorithm: SerializeAsAny[Params]
     system: SystemConfig = Field(default_factory=SystemConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
@@ -102,6 +147,11 @@ class Scenario(BaseModel):
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
+    @property
+    def method(self) -> Method:
+        """The method unit this scenario runs."""
+        return METHODS.get(self.algorithm.name)
+
 
 # ---------------------------------------------------------------- loading
 
@@ -117,7 +167,9 @@ def load_scenario(
         if not path.is_file():
             raise ScenarioError(f"scenario: {str(source)!r} is not a file")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ScenarioError(f"scenario: {str(source)!r} is not UTF-8 text ({e})") from None
         except tomllib.TOMLDecodeError as e:
             raise ScenarioError(f"scenario: {str(source)!r} is not valid TOML ({e})") from None
     for item in overrides:
@@ -161,27 +213,104 @@ def validate(raw: dict[str, Any]) -> Scenario:
     raw = dict(raw)
     alg_raw = raw.pop("algorithm", None)
     if not isinstance(alg_raw, dict) or "name" not in alg_raw:
-        raise ScenarioError(f"scenario.algorithm.name: missing (allowed: {SERVER_HALVES.names()})")
+        raise ScenarioError(f"scenario.algorithm.name: missing (allowed: {METHODS.names()})")
     name = alg_raw["name"]
-    if name not in SERVER_HALVES:
-        raise ScenarioError(
-            f"scenario.algorithm.name: {name!r} is not one of {SERVER_HALVES.names()}"
-        )
-    params_cls = SERVER_HALVES.get(name).params
+    if not isinstance(name, str) or name not in METHODS:
+        raise ScenarioError(f"scenario.algorithm.name: {name!r} is not one of {METHODS.names()}")
+    method = METHODS.get(name)
     try:
-        algorithm = params_cls.model_validate(alg_raw)
+        algorithm = method.params.model_validate(alg_raw)
     except ValidationError as e:
-        raise ScenarioError(_one_line(e, ("algorithm",), params_cls)) from None
+        raise ScenarioError(_one_line(e, ("algorithm",), method.params)) from None
     try:
         scenario = Scenario.model_validate({**raw, "algorithm": algorithm})
     except ValidationError as e:
         raise ScenarioError(_one_line(e, (), Scenario)) from None
-    resolve = SERVER_HALVES.get(name).resolve
     try:
-        scenario = resolve(scenario) if resolve else scenario
-        return resolve_privacy(scenario)
+        scenario = method.resolve(scenario)
+        check_supported(method, scenario)
+        method.check(scenario)
+        check_data_and_model(scenario)
+        for resolver in RESOLVERS:
+            scenario = resolver.obj(scenario)
     except ValueError as e:
         raise ScenarioError(f"scenario.{e}") from None
+    return scenario
+
+
+def check_supported(method: Method, scenario: Scenario) -> None:
+    """Refuse any option the method does not declare it supports, naming both keys."""
+    sup, a, system = method.supports, scenario.algorithm, scenario.system
+    by = f"algorithm.name = {method.name!r}"
+    if not sup.partial and a.fraction < 1:
+        raise ValueError(
+            f"algorithm.fraction: {a.fraction} leaves clients out, and {by} needs every client"
+            " in every round (set 1)"
+        )
+    if not sup.partial and system.availability.kind != "always":
+        raise ValueError(
+            f"system.availability.kind: {system.availability.kind!r} makes clients miss rounds,"
+            f" and {by} needs every client in every round (use 'always')"
+        )
+    policies = {
+        "overcommit": sup.overcommit,
+        "deadline": sup.deadline,
+        "fedbuff": sup.fedbuff,
+        "wait_all": True,
+    }
+    if not policies[system.policy]:
+        allowed = [k for k, ok in policies.items() if ok]
+        raise ValueError(
+            f"system.policy: {system.policy!r} is not supported by {by} (allowed: {allowed})"
+        )
+    mech = scenario.privacy.mechanism
+    if mech != "none" and mech not in sup.privacy:
+        raise ValueError(
+            f"privacy.mechanism: {mech!r} is not supported by {by} (allowed: {sorted(sup.privacy)})"
+        )
+    if a.aggregation not in sup.aggregation:
+        raise ValueError(
+            f"algorithm.aggregation: {a.aggregation!r} is not supported by {by}"
+            f" (allowed: {sorted(sup.aggregation)})"
+        )
+    if mech == "dp_fedavg" and a.aggregation != "mean":
+        raise ValueError(
+            f"algorithm.aggregation: {a.aggregation!r} with privacy.mechanism 'dp_fedavg':"
+            " the noise is calibrated to a clipped sum (use 'mean')"
+        )
+    if system.policy == "fedbuff" and mech == "dp_fedavg":
+        raise ValueError(
+            "privacy.mechanism: 'dp_fedavg' with system.policy 'fedbuff': the accountant"
+            " assumes a sampled cohort per round, which asynchronous buffering does not have"
+        )
+    if system.policy == "fedbuff" and mech != "none" and scenario.privacy.noise_multiplier is None:
+        raise ValueError(
+            "privacy.epsilon: a target cannot be planned for system.policy 'fedbuff' (a client"
+            " may train any number of times); give privacy.noise_multiplier, and each row"
+            " reports the epsilon spent"
+        )
+
+
+def check_data_and_model(scenario: Scenario) -> None:
+    """The data loads and splits, and the model can be built for it (shapes only, on the
+    meta device)."""
+    if not isinstance(scenario.method, FederatedMethod):
+        return
+    try:
+        ds = load_dataset(scenario.data, scenario.seed)
+        client_data(scenario.data, scenario.seed, 0)  # partitions (or generates) the clients
+    except (ValueError, OSError) as e:
+        raise ValueError(f"data: {e}") from None
+    if not np.issubdtype(ds.x_train.dtype, np.floating):
+        raise ValueError(
+            f"data.dataset: {scenario.data.dataset!r} holds {ds.x_train.dtype} token ids, not"
+            f" features algorithm.name {scenario.method.name!r} can train a model on"
+        )
+    try:
+        with torch.device("meta"):
+            build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
+    except ValueError as e:
+        raise ValueError(f"{e} (data.dataset {scenario.data.dataset!r})") from None
 
 
 def _one_line(err: ValidationError, prefix: tuple[str, ...], model: type[BaseModel]) -> str:

@@ -35,6 +35,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedsim.results import RunFailed
+
 DEFAULT_ROOT = Path(".deploy")
 CONNECTION = "fedsim-local"  # the SuperLink connection name written to FLWR_HOME
 STATE = "deploy.json"
@@ -44,7 +46,7 @@ INSECURE_WARNING = (
 )
 
 
-class DeployError(RuntimeError):
+class DeployError(RunFailed):
     """A deployment that cannot start, or is not running."""
 
 

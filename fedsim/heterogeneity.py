@@ -1,7 +1,7 @@
 """Heterogeneous clients: system profiles, availability, failures, and the simulated clock.
 
 A client's round time is latency + bytes_down/downlink + work/speed + bytes_up/uplink
-(the FedScale form, ALGORITHMS.md section 8): work is the number of training
+(the FedScale form, docs/algorithms.md section 8): work is the number of training
 examples it actually processed and bytes are those of its actual messages. The
 round policy turns the cohort's times into the round's time and the set of
 replies that count. Every random draw derives from (seed, client, round, stream).
@@ -29,7 +29,7 @@ ADVERSARY_STREAM, ATTACK_STREAM = 14, 15
 class Dist(BaseModel):
     """A per-client quantity drawn once per client: lognormal (median, sigma) or uniform."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dist: Literal["lognormal", "uniform"]
     median: float = Field(1.0, gt=0, description="lognormal median")
@@ -67,7 +67,7 @@ def per_client(q: Quantity, n: int, seed: int, key: str, zero_ok: bool = False) 
 class Availability(BaseModel):
     """Which clients can be selected in a round."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["always", "bernoulli", "markov", "trace"] = "always"
     p: float = Field(1.0, gt=0, le=1, description="bernoulli: chance to be available")
@@ -86,20 +86,26 @@ class Availability(BaseModel):
 
 
 class Failures(BaseModel):
-    """Injected failures, each an independent per-(client, round) chance."""
+    """Injected failures: one coin per (client, round) picks at most one of them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     raise_p: float = Field(0.0, ge=0, lt=1, description="the ClientApp raises")
     timeout_p: float = Field(0.0, ge=0, lt=1, description="the client hangs past the timeout")
     vanish_p: float = Field(0.0, ge=0, lt=1, description="the reply is lost mid-round")
+
+    @model_validator(mode="after")
+    def _some_client_can_succeed(self) -> Failures:
+        if self.raise_p + self.timeout_p + self.vanish_p >= 1:
+            raise ValueError("raise_p + timeout_p + vanish_p must be below 1")
+        return self
 
 
 class Adversaries(BaseModel):
     """Byzantine clients: round(fraction * n) partitions, drawn once from the seed, corrupt the
     vector they send (before it is encoded)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     fraction: float = Field(0.0, ge=0, lt=1, description="share of clients that attack")
     kind: Literal["sign_flip", "random_sign", "scaled", "nan"] = Field(
@@ -131,7 +137,7 @@ def corrupt(a: Adversaries, v: np.ndarray, seed: int, server_round: int, pid: in
 class SystemConfig(BaseModel):
     """The `[system]` table: client profiles, availability, failures and the round policy."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     speed: Quantity = Field(5000.0, description="training examples per second")
     uplink: Quantity = Field(1.25e6, description="bytes per second, client to server")
@@ -141,11 +147,16 @@ class SystemConfig(BaseModel):
     failures: Failures = Field(default_factory=Failures)
     adversaries: Adversaries = Field(default_factory=Adversaries)
     policy: Literal["wait_all", "deadline", "overcommit", "fedbuff"] = "wait_all"
-    deadline_s: float = Field(math.inf, gt=0, description="deadline policy: later replies drop")
+    deadline_s: float = Field(
+        math.inf, gt=0, allow_inf_nan=True, description="deadline policy: later replies drop"
+    )
     overcommit: float = Field(0.0, ge=0, description="overcommit: invite ceil(k (1 + o))")
     buffer_k: int = Field(10, ge=1, description="fedbuff: server update every K arrivals")
     timeout_s: float = Field(3600.0, gt=0, description="a client silent this long has failed")
     idle_s: float = Field(60.0, gt=0, description="clock advance of a round nobody could join")
+    tolerate_client_errors: bool = Field(
+        False, description="count a client's exception (a bug) as a failure instead of stopping"
+    )
 
     @model_validator(mode="after")
     def _policy_settings(self) -> SystemConfig:
@@ -225,6 +236,16 @@ class Profiles:
     def failure(self, server_round: int, pid: int) -> str | None:
         """'raise', 'timeout', 'vanish' or None for this client in this round (one coin)."""
         return failure_of(self.cfg.failures, self.seed, server_round, pid)
+
+
+INJECTED = "fedsim injected failure"  # in the error reply of an injected raise
+
+
+class InjectedFailure(RuntimeError):
+    """The failure `system.failures.raise_p` asks for (counted, unlike a client's bug)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{INJECTED}: {what}")
 
 
 def failure_of(f: Failures, seed: int, server_round: int, pid: int) -> str | None:

@@ -21,7 +21,7 @@ MODELS: Registry = Registry("model")
 class ModelConfig(BaseModel):
     """The `[model]` table of a scenario."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: Annotated[str, AfterValidator(MODELS.check)] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])

@@ -1,8 +1,9 @@
 """Named registries: how the core finds algorithms, datasets, models and codecs.
 
-The core (`fedsim`) never imports `fedsim.clients`, `fedsim.servers` or
-`fedsim.privacy` directly; `load_plugins()` imports them by name and they
-register what they provide. `fedsim list` prints every registry.
+The core (`fedsim`) never imports `fedsim.methods`, `fedsim.privacy`, `fedsim.clients` or
+`fedsim.servers` directly; `load_plugins()` imports the first two by name and they register
+what they provide (methods; the privacy calibration). The apps are found by their Flower
+component references (fedsim.runtime). `fedsim list` prints every registry.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-PLUGINS = ("fedsim.clients", "fedsim.servers", "fedsim.privacy")
+PLUGINS = ("fedsim.methods", "fedsim.privacy")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries[n] for n in self.names())
+
+
+def load_ref(ref: str) -> Any:
+    """The object a "module:attribute" reference names (as Flower names app components)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def load_plugins() -> None:

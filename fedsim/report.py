@@ -19,8 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedsim.plots import AXES  # noqa: E402
-from fedsim.results import METRICS, SUMMARY, read_metrics  # noqa: E402
-from fedsim.sweep import ERROR, SWEEP_RECORD  # noqa: E402
+from fedsim.results import (  # noqa: E402
+    ERROR,  # noqa: E402
+    METRICS,
+    SUMMARY,
+    read_metrics,
+)
+from fedsim.sweep import SWEEP_RECORD  # noqa: E402
 
 FINAL = ("eval_accuracy", "eval_loss", "train_loss", "dist_to_opt", "rel_dist_to_opt")
 TOTALS = ("total_bytes_up", "total_bytes_down", "total_grad_evals", "sim_time_s", "wall_s")

@@ -7,8 +7,6 @@ appended and flushed as rounds complete, so a crashed run keeps them.
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,11 @@ ROW_KEYS = (
 )
 METRICS, SUMMARY, CONFIG, MODEL = "metrics.jsonl", "summary.json", "config.toml", "final_model.npy"
 CLIENTS = "clients.jsonl"  # one row per client per round: the per-client breakdown
-CHECKPOINT = "checkpoint.pkl"
+ERROR = "error.txt"  # why a run stopped early (a client's traceback, ...)
+
+
+class RunFailed(RuntimeError):
+    """A run that stopped before its end: a client raised, or the ServerApp did."""
 
 
 def create_run_dir(path: Path, config_toml: str, overwrite: bool = False) -> Path:
@@ -89,26 +91,6 @@ def read_rows(file: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return rows
-
-
-def save_checkpoint(run_dir: Path | str, state: dict[str, Any]) -> None:
-    """Write the checkpoint atomically: a crash leaves the previous one or this one whole."""
-    final = Path(run_dir) / CHECKPOINT
-    tmp = final.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
-def load_checkpoint(run_dir: Path | str) -> dict[str, Any] | None:
-    """The run's last checkpoint, or None if it has none."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        return None
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def read_summary(path: Path | str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ runs, never a silently reused result.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -37,16 +38,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
+from fedsim.checkpoint import CHECKPOINT
 from fedsim.config import Scenario, ScenarioError, load_scenario, set_key
-from fedsim.results import CHECKPOINT, CONFIG, SUMMARY, create_run_dir
+from fedsim.results import CONFIG, ERROR, SUMMARY, create_run_dir
 
-ERROR, SWEEP_RECORD = "error.txt", "sweep.json"
+SWEEP_RECORD = "sweep.json"
 
 
 class Axis(BaseModel):
     """One axis: a key and its values, or keys zipped with rows of values."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     key: str | None = None
     keys: list[str] | None = None
@@ -70,7 +72,7 @@ class Axis(BaseModel):
 
 
 class Target(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     metric: str
     value: float
@@ -80,7 +82,7 @@ class Target(BaseModel):
 class SweepConfig(BaseModel):
     """A sweep file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "sweep"
     base: str
@@ -168,8 +170,9 @@ def _run_one(run: Run, out: Path, threads: int) -> tuple[Run, str | None]:
             launch(run.scenario, out)
         return run, None
     except Exception as e:  # a failed point must not stop the others
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ERROR).write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):  # nor a run directory that cannot hold the reason
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ERROR).write_text(traceback.format_exc())
         return run, f"{type(e).__name__}: {e}"
 
 

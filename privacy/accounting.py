@@ -24,7 +24,10 @@ def epsilon(accountant: str, sigma: float, q: float, steps: int, delta: float) -
     acc.history = [(sigma, q, steps)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(acc.get_epsilon(delta))
+        try:
+            return float(acc.get_epsilon(delta))
+        except (ZeroDivisionError, OverflowError):  # sigma so small that sigma^2 underflows
+            return math.inf
 
 
 def calibrate(accountant: str, target: float, q: float, steps: int, delta: float) -> float:

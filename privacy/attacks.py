@@ -1,4 +1,4 @@
-"""Label-leakage attacks on what a backbone host sees (ALGORITHMS.md section 7): each turns
+"""Label-leakage attacks on what a backbone host sees (docs/algorithms.md section 7): each turns
 per-sample activations or gradients into a score, and the leak of a score is
 max(AUC, 1 - AUC) against the binary labels (0.5: nothing leaks, 1: everything)."""
 

@@ -7,8 +7,10 @@ import warnings
 
 from flwr.app import ConfigRecord, RecordDict
 
+from fedsim.config import RESOLVERS, PrivacyConfig, Scenario
+from fedsim.data import client_data
+
 from .accounting import calibrate, epsilon
-from .config import PrivacyConfig
 
 SPENT = "privacy-steps"  # Context.state: noisy steps this client has taken
 
@@ -20,38 +22,25 @@ def sample_rate(privacy: PrivacyConfig, params, n: int) -> float:
     return params.fraction if privacy.mechanism == "dp_fedavg" else 1.0
 
 
-def planned_steps(scenario, n: int) -> int:
-    """Noisy steps of the most exposed client over the run (it takes part in every round)."""
-    a, rounds = scenario.algorithm, scenario.rounds
+def planned_steps(scenario: Scenario, n: int) -> int:
+    """Noisy steps of the most exposed client over the run (it takes part in every round):
+    the gradients its method plans under dp_sgd, one release a round otherwise."""
     if scenario.privacy.mechanism != "dp_sgd":
-        return rounds
-    if hasattr(a, "local_steps"):
-        from fedsim.clients.training import steps_for
-
-        statistic = getattr(a, "preconditioner", "none") != "none"  # one more gradient a round
-        return rounds * (steps_for(a, n) + statistic)
-    if hasattr(a, "p"):  # ProxSkip family: the round lengths are public
-        from fedsim.servers.proxskip import round_length
-
-        return sum(round_length(a.p, scenario.seed, r) for r in range(1, rounds + 1))
-    return rounds  # one gradient a round (sign methods)
+        return scenario.rounds
+    return scenario.method.planned_grad_evals(scenario.algorithm, n, scenario.rounds, scenario.seed)
 
 
-def smallest_client(scenario) -> int:
-    from fedsim.data import client_data
-
+def smallest_client(scenario: Scenario) -> int:
     cfg, seed = scenario.data, scenario.seed
     return min(len(client_data(cfg, seed, i)[1]) for i in range(cfg.num_clients))
 
 
-def resolve_privacy(scenario):
+def resolve_privacy(scenario: Scenario) -> Scenario:
     """sigma from the target epsilon for the most exposed client; a target that cannot be
     met, or an unsupported combination, is a ValueError naming the key."""
     p = scenario.privacy
     if not p.active:
         return scenario
-    if p.mechanism == "dp_sgd" and getattr(scenario.algorithm, "preconditioner", "") == "oasis":
-        raise ValueError("privacy.mechanism: 'dp_sgd' does not cover OASIS's Hessian products")
     n = smallest_client(scenario) if p.mechanism == "dp_sgd" else scenario.data.num_clients
     if p.delta >= 1 / n:
         unit = "examples of the smallest client" if p.mechanism == "dp_sgd" else "clients"
@@ -69,6 +58,9 @@ def resolve_privacy(scenario):
     return scenario.model_copy(update={"privacy": p.model_copy(update={"noise_multiplier": sigma})})
 
 
+RESOLVERS.register("privacy", resolve_privacy, "sigma from a target epsilon, checked")
+
+
 def spend(state: RecordDict, privacy: PrivacyConfig, q: float, steps: int) -> float:
     """Add this round's noisy steps to the client's count; its epsilon so far."""
     total = steps + (int(state[SPENT]["steps"]) if SPENT in state else 0)
@@ -76,7 +68,7 @@ def spend(state: RecordDict, privacy: PrivacyConfig, q: float, steps: int) -> fl
     return epsilon(privacy.accountant, privacy.noise_multiplier, q, total, privacy.delta)
 
 
-def metadata(scenario, final_epsilon: float) -> dict:
+def metadata(scenario: Scenario, final_epsilon: float) -> dict:
     """The privacy block of summary.json."""
     p = scenario.privacy
     if not p.active:

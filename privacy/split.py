@@ -1,17 +1,36 @@
-"""P3EFT's building blocks (ALGORITHMS.md section 7): a backbone host's two stateless calls on
-a frozen `transformers` encoder carrying n named PEFT LoRA adapters, the label party's
+"""P3EFT's building blocks (docs/algorithms.md section 7): a backbone host's two stateless
+calls on a frozen `transformers` encoder carrying n named PEFT LoRA adapters, the label party's
 private backpropagation (backprop is linear in g_h, so shards of it recombine exactly), and
 its secret activation mixing."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from flwr.app import ArrayRecord
 from torch import Tensor, nn
+
+from fedsim.codecs import pack, unpack
 
 from .backbone import BackboneSpec, adapter_params, load_backbone, set_adapter
 
 Theta = dict[str, Tensor]  # one adapter set's weights, keyed by parameter name sans adapter
+
+# The two calls' arrays: token inputs, the activation gradient (or one shard of it) in a
+# backprop query, and the activations a forward query returns; adapter weights by name.
+INPUTS = ("input_ids", "attention_mask")
+GRAD, ACTIVATIONS = "g", "h"
+
+
+def tensors(rec: ArrayRecord, keys) -> dict[str, torch.Tensor]:
+    """Writable tensors of the named arrays of a query or reply."""
+    return {k: torch.from_numpy(np.array(unpack(rec[k]))) for k in keys}
+
+
+def arrays(values: dict[str, torch.Tensor]) -> ArrayRecord:
+    """The arrays of a query or reply."""
+    return ArrayRecord({k: pack(v.detach().numpy()) for k, v in values.items()})
 
 
 class BackboneHost:

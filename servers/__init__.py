@@ -1,3 +1,2 @@
-"""Server halves of the algorithms (Flower strategies) and the ServerApp."""
-
-from . import fedavg, proxskip, scaled_sgd, signsgd, split  # noqa: F401  (register them)
+"""The ServerApp and the server half of the method adapter: round driver, aggregation
+rules, evaluation, and split learning's label party."""

@@ -1,4 +1,7 @@
-"""Running aggregates over a stream of client replies (nothing is kept per client)."""
+"""Aggregation rules: what turns a round's update vectors into the one the method's server
+step receives. Each is a running rule fed one vector at a time; robust rules and DP-FedAvg's
+clip-and-noise wrap the mean rather than branch inside a method (as Flower's DP strategy
+wrappers and Opacus wrap a model)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import numpy as np
 import torch
 from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from torch import Tensor
 
-from fedsim.codecs import readonly_tensor
+DP_STREAM = 51
 
 
 def in_cohort_order(replies: Iterable[Message], cohort: list[int]) -> Iterator[Message]:
@@ -31,20 +35,30 @@ def in_cohort_order(replies: Iterable[Message], cohort: list[int]) -> Iterator[M
 
 
 class WeightedSum:
-    """sum_i w_i v_i and sum_i w_i, accumulated one vector at a time (float32, in place)."""
+    """sum_i w_i v_i and sum_i w_i, accumulated one vector at a time (float32, in place); its
+    value is the weighted mean."""
 
     def __init__(self) -> None:
-        self.total: torch.Tensor | None = None  # shaped by the first vector added
+        self.total: Tensor | None = None  # shaped by the first vector added
         self.weight = 0.0
+        self.count = 0
 
-    def add(self, v: np.ndarray, w: float) -> None:
+    def add(self, v: Tensor, w: float) -> None:
         if self.total is None:
             self.total = torch.zeros(v.shape, dtype=torch.float32)
-        self.total.add_(readonly_tensor(v), alpha=w)  # fused: no temporary of size d
+        self.total.add_(v, alpha=w)  # fused: no temporary of size d
         self.weight += w
+        self.count += 1
 
-    def mean(self) -> np.ndarray:
-        return (self.total / self.weight).numpy()
+    def value(self) -> Tensor:
+        return self.total / self.weight
+
+
+class Buffered(WeightedSum):
+    """FedBuff's (1/K) sum_i s(tau_i) v_i: weighted by staleness, divided by the count."""
+
+    def value(self) -> Tensor:
+        return self.total / self.count
 
 
 class CoordinateWise:
@@ -53,22 +67,40 @@ class CoordinateWise:
 
     def __init__(self, kind: str, trim: float) -> None:
         self.kind, self.trim, self.vectors = kind, trim, []
-        self.weight = 0.0
+        self.count = 0
 
-    def add(self, v: np.ndarray, w: float) -> None:
-        self.vectors.append(np.array(v, dtype=np.float32))
-        self.weight += 1.0
+    def add(self, v: Tensor, w: float) -> None:
+        self.vectors.append(v.numpy())
+        self.count += 1
 
-    def mean(self) -> np.ndarray:
+    def value(self) -> Tensor:
         stacked = np.stack(self.vectors)
         if self.kind == "median":
-            return np.median(stacked, axis=0).astype(np.float32)
-        return np.asarray(trim_mean(stacked, self.trim), dtype=np.float32)
+            return torch.from_numpy(np.median(stacked, axis=0).astype(np.float32))
+        return torch.from_numpy(np.asarray(trim_mean(stacked, self.trim), dtype=np.float32))
 
 
-def aggregator(kind: str = "mean", trim: float = 0.0) -> WeightedSum | CoordinateWise:
-    """The running weighted mean, or a robust coordinate-wise rule."""
-    return WeightedSum() if kind == "mean" else CoordinateWise(kind, trim)
+class ClipAndNoise:
+    """DP-FedAvg around a sum: every update clipped to l2 norm C and weighing the same,
+    then (sum_i clip(v_i) + N(0, sigma^2 C^2)) / m with m the cohort size."""
+
+    def __init__(self, c: float, sigma: float, cohort: int, rng: np.random.Generator) -> None:
+        self.inner, self.c, self.sigma, self.cohort, self.rng = WeightedSum(), c, sigma, cohort, rng
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    def add(self, v: Tensor, w: float) -> None:
+        norm = float(torch.linalg.vector_norm(v))
+        self.inner.add(v if norm <= self.c else v * np.float32(self.c / norm), 1.0)
+
+    def value(self) -> Tensor:
+        total = self.inner.total.numpy()
+        noisy = (
+            total + self.rng.normal(0.0, self.sigma * self.c, total.shape) if self.sigma else total
+        )
+        return torch.from_numpy(np.asarray(noisy, dtype=np.float32) / np.float32(self.cohort))
 
 
 class ClientMetrics:
@@ -87,15 +119,6 @@ class ClientMetrics:
         self.work += int(m["work"])
         self.epsilon = max(self.epsilon, float(m.get("epsilon", 0.0)))
 
-    def record(self) -> MetricRecord | None:
-        if not self.examples:
-            return None
-        return MetricRecord(
-            {
-                "train_loss": self.loss / self.examples,
-                "grad_evals": self.grad_evals,
-                "work": self.work,
-                "rejected": self.rejected,
-                "epsilon": self.epsilon,
-            }
-        )
+    @property
+    def train_loss(self) -> float | None:
+        return self.loss / self.examples if self.examples else None

@@ -2,21 +2,24 @@
 
 `run_config` carries `scenario-json` (the resolved scenario, set by `fedsim run`)
 or `scenario` (a TOML path, e.g. from pyproject's [tool.flwr.app.config] under
-`flwr run`), and `out-dir`, the run directory to write.
+`flwr run`), and `out-dir`, the run directory to write. A run that stops early leaves its
+reason (a client's traceback, ...) in the run directory's error.txt.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.algorithms import SERVER_HALVES
 from fedsim.config import Scenario, load_scenario, parse_scenario_json
+from fedsim.registry import load_ref
+from fedsim.results import ERROR
 
-from .experiment import run_experiment
-from .fedbuff import run_fedbuff
+from .driver import run_rounds
 
 app = ServerApp()
 
@@ -33,12 +36,10 @@ def main(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(context.run_config)
     out_dir = str(context.run_config.get("out-dir", "runs/flwr"))
     resume = bool(context.run_config.get("resume", False))
-    loop = SERVER_HALVES.get(scenario.algorithm.name).loop
-    if loop:
+    loop = load_ref(scenario.method.loop) if scenario.method.loop else run_rounds
+    try:
         loop(grid, scenario, out_dir, resume)
-    elif scenario.system.policy != "fedbuff":
-        run_experiment(grid, scenario, out_dir, resume=resume)
-    elif resume:
-        raise ValueError("resume: asynchronous (fedbuff) runs keep no checkpoints")
-    else:
-        run_fedbuff(grid, scenario, out_dir)
+    except Exception:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / ERROR).write_text(traceback.format_exc())
+        raise

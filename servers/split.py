@@ -1,4 +1,4 @@
-"""Split learning of LoRA adapters, the label party as the ServerApp (ALGORITHMS.md section 7).
+"""Split learning of LoRA adapters, the label party as the ServerApp (docs/algorithms.md section 7).
 
 The label party holds the inputs, the labels, the head, the adapter weights and the
 optimizer; backbone hosts (ClientApps) answer `query.forward` and `query.backprop`. One code
@@ -13,25 +13,24 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from pydantic import Field
 from torch import Tensor, nn
 
-from fedsim.algorithms import SERVER_HALVES, AlgorithmParams, ServerHalf
-from fedsim.clients.split_host import ACTIVATIONS, GRAD, arrays, tensors
 from fedsim.config import Scenario
 from fedsim.data import load_dataset
+from fedsim.methods.split_lora import SplitParams
 from fedsim.models import output_dim
 from fedsim.privacy import attacks
-from fedsim.privacy.backbone import TINY, BackboneSpec, adapter_init, encode_text, hidden_size
-from fedsim.privacy.backbone import model_config as backbone_config
+from fedsim.privacy.backbone import BackboneSpec, adapter_init, encode_text, hidden_size
 from fedsim.privacy.split import (
+    ACTIVATIONS,
+    GRAD,
     Theta,
+    arrays,
     distance_correlation,
     label_loss,
     mix,
@@ -39,54 +38,16 @@ from fedsim.privacy.split import (
     private_shards,
     probe_regularizer,
     recombine,
+    tensors,
 )
 from fedsim.results import MetricsWriter, summarize
 from fedsim.seeding import derive_seed, torch_generator
 
-from .experiment import payload_bytes
+from .driver import payload_bytes
 from .nodes import discover_partitions
+from .rows import Row
 
 SPLIT_STREAM = 53  # the label party's randomness: adapters, head, mixing weights, shards
-
-
-class SplitParams(AlgorithmParams):
-    """One method of label-private split LoRA training and its settings."""
-
-    method: Literal["head_only", "vanilla", "dc", "p3eft"] = "p3eft"
-    backbone: str = Field(TINY, description="'tiny-bert', a local model path or cached name")
-    hosts: int = Field(1, ge=1, description="backbone hosts (nodes); 1 is the two-party case")
-    adapters: int = Field(2, ge=1, description="n adapter sets (P3EFT; the baselines use 1)")
-    shards: int = Field(2, ge=1, description="m private-backprop shards (P3EFT; baselines: 1)")
-    rank: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    reg: float = Field(0.02, ge=0, description="weight of the probe (P3EFT) or DC penalty")
-    batch_size: int = Field(32, ge=2)
-    lr: float = Field(1e-3, gt=0, description="Adam's step size for head and adapters")
-    noise_scale: float = Field(100.0, gt=0, description="RMS of a shard's noise over g_h's")
-    mix_scale: float = Field(30.0, ge=0, description="std of the mixing weights' xi")
-    probe_steps: int = Field(10, ge=1, description="probe fitting steps per training step")
-    rotate: bool = Field(True, description="move each adapter to the next host every step")
-    leak_every: int = Field(20, ge=1, description="steps per leak/accuracy checkpoint")
-
-
-def resolve(scenario: Scenario) -> Scenario:
-    """Baselines use one adapter and one shard; the federation's nodes are the hosts; the task
-    must be text and the backbone loadable here (hub names only from the local cache)."""
-    p = scenario.algorithm
-    if scenario.data.dataset != "sentences":
-        raise ValueError(f"data.dataset: {scenario.data.dataset!r} is not text ('sentences')")
-    if p.backbone != TINY:
-        try:
-            backbone_config(BackboneSpec(p.backbone, 0, 0, 1, 1, 1))
-        except OSError:
-            raise ValueError(
-                f"algorithm.backbone: {p.backbone!r} is not 'tiny-bert', a local model"
-                " directory or a model in the local Hugging Face cache"
-            ) from None
-    if p.method != "p3eft":
-        p = p.model_copy(update={"adapters": 1, "shards": 1})
-    data = scenario.data.model_copy(update={"num_clients": p.hosts})
-    return scenario.model_copy(update={"algorithm": p, "data": data})
 
 
 def host_of(step: int, adapter: int, shard: int, hosts: int, rotate: bool) -> int:
@@ -274,8 +235,6 @@ class LabelParty:
 def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool = False) -> None:
     """Train for `rounds` steps; every `leak_every` steps write accuracy and each attack's
     worst leak over the hosts' views of the window; the summary's leak is the worst of all."""
-    if resume:
-        raise ValueError("resume: split-learning runs keep no checkpoints")
     p: SplitParams = scenario.algorithm
     ds = load_dataset(scenario.data, scenario.seed)
     vocab = ds.meta["vocab"]
@@ -294,21 +253,21 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         losses.append(party.step(hosts, t, xb, y_train[idx], views))
         if t % p.leak_every and t != scenario.rounds:
             continue
-        row = {
-            "round": t,
-            "train_loss": float(np.mean(losses)),
-            **party.evaluate(hosts, x_test, y_test),
-            **views.leak(),
-            "bytes_up": hosts.bytes_up,
-            "bytes_down": hosts.bytes_down,
-            "grad_evals": hosts.calls,
-            "sim_time_s": 0.0,  # no simulated clock in split learning
-            "wall_s": time.perf_counter() - start,
-            "clients": p.hosts,
-        }
+        row = Row(
+            round=t,
+            train_loss=float(np.mean(losses)),
+            eval=party.evaluate(hosts, x_test, y_test),
+            extra=views.leak(),
+            bytes_up=hosts.bytes_up,
+            bytes_down=hosts.bytes_down,
+            grad_evals=hosts.calls,
+            sim_time_s=0.0,  # no simulated clock in split learning
+            wall_s=time.perf_counter() - start,
+            clients=p.hosts,
+        )
         hosts.bytes_up = hosts.bytes_down = hosts.calls = 0
         losses.clear()
-        writer.append(row)
+        writer.append(row.to_dict())
     worst = {
         k: max(r.get(k, 0.0) for r in writer.rows)
         for k in writer.rows[-1]
@@ -327,9 +286,3 @@ def batch_order(n: int, batch_size: int, seed: int):
         perm = rng.permutation(n)
         for s in range(0, n - batch_size + 1, batch_size):
             yield torch.from_numpy(perm[s : s + batch_size])
-
-
-_doc = "label-private split LoRA: P3EFT, head-only, vanilla split LoRA, distance correlation"
-SERVER_HALVES.register(
-    "split_lora", ServerHalf(SplitParams, None, _doc, resolve, loop=run_split), _doc
-)

@@ -79,3 +79,18 @@ def logreg_grad(part: tuple, x):
 
     a, sign, l2 = part
     return -(a.T @ (sign / (1.0 + np.exp(sign * (a @ x))))) / len(sign) + l2 * x
+
+
+def used_client_states(meta: dict, arrays: dict, name: str) -> dict:
+    """From a checkpoint: each client's method-state array `name` as of the last round whose
+    update the server used (the pending state if the server used it; clients never used are
+    absent)."""
+    last_used = {int(k): v for k, v in meta["server"]["last_used"].items()}
+    out = {}
+    for pid, records in meta["clients"].items():
+        pending = records.get("method-pending-values", {}).get("config", {})
+        used = pending.get("round") == last_used.get(int(pid))
+        key = f"client/{pid}/{'method-pending' if used else 'method-state'}/{name}"
+        if key in arrays:
+            out[int(pid)] = arrays[key]
+    return out

@@ -7,7 +7,7 @@ import random
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from fedsim.codecs import pack, unpack
+from fedsim.codecs import pack, readonly_tensor, unpack
 from fedsim.runtime import compat
 from fedsim.servers.aggregate import WeightedSum, in_cohort_order
 
@@ -51,7 +51,7 @@ def test_weighted_sum_matches_numpy_on_read_only_views():
     ws = [3.0, 1.0, 5.0, 2.0]
     acc = WeightedSum()
     for v, w in zip(vs, ws, strict=True):
-        acc.add(unpack(pack(v)), w)  # read-only views, as decoded from messages
+        acc.add(readonly_tensor(unpack(pack(v))), w)  # read-only views, as decoded
     expected = sum(w * v.astype(np.float64) for v, w in zip(vs, ws, strict=True)) / sum(ws)
-    np.testing.assert_allclose(acc.mean(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acc.value(), expected, rtol=1e-5, atol=1e-6)
     assert acc.weight == sum(ws)

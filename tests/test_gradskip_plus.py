@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.clients.proxskip import skip_operator
 from fedsim.codecs import fp32_bytes
 from fedsim.config import ScenarioError
+from fedsim.methods.proxskip import communicated, round_length, skip_operator
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 from fedsim.seeding import torch_generator
 from fedsim.servers.evaluate import Evaluator
-from fedsim.servers.proxskip import communicated, round_length
 
 from .conftest import logreg_grad, logreg_parts, logreg_scenario
 from .test_proxskip import numpy_proxskip
@@ -123,6 +122,6 @@ def test_gradskip_plus_converges_to_the_regularised_optimum(tmp_path):
     assert rows[-1]["rel_dist_to_opt"] < 1e-6  # x* of F + (0.1/2)||x||^2, from Newton
 
 
-def test_sparse_communication_needs_full_participation():
-    with pytest.raises(ScenarioError, match="comm_density"):
+def test_the_proxskip_family_needs_full_participation():
+    with pytest.raises(ScenarioError, match=r"algorithm.fraction: 0.5 leaves clients out"):
         scenario(comm_density=0.5, fraction=0.5)

@@ -74,6 +74,8 @@ def small_scenario_initial(base: dict) -> np.ndarray:
             "batch_size": 16,
             "privacy": {"mechanism": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0},
         },
+        {"name": "fedprox", "mu": 0.5, "batch_size": 16, "fraction": 0.5},
+        {"name": "scaffold", "local_steps": 3, "batch_size": 16, "fraction": 0.5},
     ],
     ids=lambda a: a["name"],
 )

@@ -1,26 +1,26 @@
-"""ProxSkip / GradSkip against a NumPy implementation of ALGORITHMS.md's update rules."""
+"""ProxSkip / GradSkip against a NumPy implementation of the update rules of docs/algorithms.md."""
 
 from __future__ import annotations
 
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from fedsim.clients.app import PENDING, PENDING_VALUES, STATE, STATE_VALUES, committed
 from fedsim.clients.app import app as client_app
-from fedsim.clients.proxskip import ROUND, STATE, resume
 from fedsim.codecs import pack, unpack
 from fedsim.config import ScenarioError, load_scenario
 from fedsim.data import load_dataset
+from fedsim.method import Received
+from fedsim.methods.proxskip import ClientState, ProxSkipParams, round_length, start_of_round
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 from fedsim.runtime.inprocess import InProcessGrid
+from fedsim.servers.driver import run_rounds
 from fedsim.servers.evaluate import Evaluator
-from fedsim.servers.experiment import run_experiment
-from fedsim.servers.proxskip import round_length
 
 from .conftest import logreg_grad, logreg_parts, logreg_scenario
 
@@ -33,7 +33,7 @@ def scenario(name="proxskip", rounds=12, p=0.3, **alg):
 
 
 def numpy_proxskip(s, rounds):
-    """The iteration form of ALGORITHMS.md section 3, float64, full gradients."""
+    """The iteration form of docs/algorithms.md section 3, float64, full gradients."""
     parts = logreg_parts(s)
 
     def grad(i, x):
@@ -64,17 +64,27 @@ def test_proxskip_matches_the_update_rules(tmp_path):
     assert [r["grad_evals"] for r in rows] == [N * round_length(0.3, 5, r) for r in range(1, 13)]
 
 
+def control_variates(grid: InProcessGrid, s, last_applied: int, x: np.ndarray) -> list:
+    """Each client's h_i after the last applied round: h_hat_i + (p/gamma)(x - x_hat_i), from
+    its state of that round (pending until its next message says the server used it)."""
+    hs = []
+    for c in grid.contexts.values():
+        key = next(
+            k
+            for k, v in ((PENDING, PENDING_VALUES), (STATE, STATE_VALUES))
+            if k in c.state and int(c.state[v]["round"]) == last_applied
+        )
+        h, x_hat = (unpack(c.state[key][k]).astype(np.float64) for k in ("h_hat", "x_hat"))
+        hs.append(h + s.algorithm.p / s.algorithm.client_lr * (x - x_hat))
+    return hs
+
+
 def test_control_variates_sum_to_zero_with_full_participation(tmp_path):
     s = scenario(rounds=8)
     grid = InProcessGrid(client_app, N)
-    x = run_experiment(grid, s, tmp_path).astype(np.float64)
-    # a client applies the last update h += (p/gamma)(x - x_hat) when the next model arrives
-    p_over_gamma = s.algorithm.p / s.algorithm.client_lr
-    hs = []
-    for c in grid.contexts.values():
-        state = c.state["proxskip"]
-        h, x_hat = (unpack(state[k]).astype(np.float64) for k in ("h", "x_hat"))
-        hs.append(h + p_over_gamma * (x - x_hat))
+    run_rounds(grid, s, tmp_path)
+    x = np.load(tmp_path / "final_model.npy").astype(np.float64)
+    hs = control_variates(grid, s, 8, x)
     assert np.abs(sum(hs)).max() <= 1e-4 * max(np.abs(h).max() for h in hs)
     assert max(np.abs(h).max() for h in hs) > 1e-3  # they are not all zero
     _, h_ref = numpy_proxskip(s, 8)  # and they are the reference's control variates
@@ -124,48 +134,50 @@ def test_gradskip_gradient_counts_match_the_theory(tmp_path):
         assert np.mean(counts) == pytest.approx(1 / (1 - q[i] * (1 - p)), rel=0.15)
 
 
-def control_variate_after(aggregated: list[int], last_round: int):
-    """h as the client half computes it when the round-5 model arrives."""
-    h, x_hat, x = np.full(3, 2.0, np.float32), np.zeros(3, np.float32), np.ones(3, np.float32)
+def test_the_control_variate_takes_the_average_it_was_part_of():
+    """h_i = h_hat_i + (x - x_hat_i) / tau when the average x of its last applied round
+    arrives: 2 + (1 - 0) / 0.5 with gamma = 0.25, p = 0.5."""
+    p = ProxSkipParams(name="proxskip", p=0.5, client_lr=0.25)
+    c = ClientState(torch.full((3,), 2.0), torch.zeros(3), 4)
+    down = Received(torch.ones(3), {}, {}, 5, 1, 0)
+    np.testing.assert_allclose(start_of_round(p, down, c).numpy(), 4.0)
+    assert float(start_of_round(p, down, None).abs().sum()) == 0  # first round: h = 0
+
+
+class Device:
+    inputs = torch.zeros(1)  # what `committed` reads the client's device from
+
+
+def test_a_client_whose_reply_was_not_used_keeps_the_state_of_its_last_used_round():
     state = RecordDict()
-    state[STATE] = ArrayRecord({"h": pack(h), "x_hat": pack(x_hat)})
-    state[ROUND] = ConfigRecord({"round": last_round})
-    job = SimpleNamespace(
-        state=state,
-        x=torch.from_numpy(x),
-        params=SimpleNamespace(p=0.5, client_lr=0.25, comm_density=1.0),
-        spec=SimpleNamespace(seed=0),
-        round=5,
-        partition_id=1,
-        config={"aggregated": aggregated, "last-applied": 4},
-    )
-    return resume(job).numpy()
+    old = {"h_hat": pack(np.full(3, 1.0, np.float32)), "x_hat": pack(np.zeros(3, np.float32))}
+    new = {"h_hat": pack(np.full(3, 7.0, np.float32)), "x_hat": pack(np.ones(3, np.float32))}
+    state[STATE], state[STATE_VALUES] = ArrayRecord(old), ConfigRecord({"round": 3})
+    state[PENDING], state[PENDING_VALUES] = ArrayRecord(new), ConfigRecord({"round": 4})
+    kept = committed(state, ClientState, 3, Device())  # the server last used round 3
+    assert kept.round == 3 and float(kept.h_hat[0]) == 1.0 and PENDING not in state
+    state[PENDING], state[PENDING_VALUES] = ArrayRecord(new), ConfigRecord({"round": 4})
+    used = committed(state, ClientState, 4, Device())  # round 4 was used: promoted
+    assert used.round == 4 and float(used.h_hat[0]) == 7.0
+    assert committed(RecordDict(), ClientState, 0, Device()) is None  # never trained
 
 
-def test_a_client_whose_reply_was_not_averaged_keeps_its_control_variate():
-    # averaged last round: h + (p/gamma)(x - x_hat) = 2 + 2 * 1
-    np.testing.assert_allclose(control_variate_after([0, 1, 2], last_round=4), 4.0)
-    np.testing.assert_allclose(control_variate_after([0, 2], last_round=4), 2.0)  # not averaged
-    np.testing.assert_allclose(control_variate_after([0, 1, 2], last_round=3), 2.0)  # void round
-
-
-def test_void_rounds_keep_the_control_variates_summing_to_zero(tmp_path):
+@pytest.mark.parametrize("method", [{}, {"name": "gradskip", "q": [0.5, 1.0, 0.7, 1.0]}])
+def test_void_rounds_keep_the_control_variates_summing_to_zero(tmp_path, method):
+    """Also for GradSkip, whose h_hat differs from h within a round: after a void round a
+    client continues from h_i of the last applied round, not from the void round's h_hat."""
     lossy = {"system": {"failures": {"vanish_p": 0.1, "raise_p": 0.05}, "timeout_s": 10.0}}
-    s = load_scenario(scenario(rounds=30).to_dict() | lossy | {"checkpoint_every": 10})
+    s = load_scenario(scenario(rounds=30, **method).to_dict() | lossy | {"checkpoint_every": 10})
     grid = InProcessGrid(client_app, N)
-    x = run_experiment(grid, s, tmp_path / "a").astype(np.float64)
+    run_rounds(grid, s, tmp_path / "a")
+    x = np.load(tmp_path / "a/final_model.npy").astype(np.float64)
     rows = read_metrics(tmp_path / "a")
     void = [r for r in rows if not r["updated"]]
     assert 0 < len(void) < len(rows)
     assert all(r["dropouts"] + r["failures"] > 0 for r in void)
     assert all(r["updated"] == (r["clients"] == N) for r in rows)
     assert rows[-1]["dist_to_opt"] < 0.1 * rows[0]["dist_to_opt"]
-    last = max(r["round"] for r in rows if r["updated"])
-    hs = []
-    for c in grid.contexts.values():  # effective h: pending updates of the last applied round
-        h, x_hat = (unpack(c.state["proxskip"][k]).astype(np.float64) for k in ("h", "x_hat"))
-        mine = int(c.state["proxskip-round"]["round"]) == last
-        hs.append(h + (s.algorithm.p / s.algorithm.client_lr) * (x - x_hat) if mine else h)
+    hs = control_variates(grid, s, max(r["round"] for r in rows if r["updated"]), x)
     assert np.abs(sum(hs)).max() <= 1e-4 * max(np.abs(h).max() for h in hs)
     # resuming from the round-20 checkpoint (client states included) reproduces the run
     shutil.copytree(tmp_path / "a", tmp_path / "b")

@@ -172,3 +172,17 @@ def test_a_libsvm_run_with_default_options_and_flat_directions(tmp_path):
     assert "dist_to_opt" not in read_metrics(tmp_path / "run")[-1]
     launch(load_scenario(raw | {"data": raw["data"] | {"l2": 0.1}}), tmp_path / "l2")
     assert read_metrics(tmp_path / "l2")[-1]["rel_dist_to_opt"] < 1
+
+
+def test_a_fedavg_run_imports_neither_transformers_nor_peft(tmp_path):
+    """Split learning's heavy dependencies load only when a split run needs them."""
+    code = (
+        "import sys\n"
+        "from fedsim.cli import main\n"
+        f"assert main(['run', 'scenarios/quickstart.toml', '--set', 'rounds=1', '--out', "
+        f"{str(tmp_path / 'q')!r}]) == 0\n"
+        "print(sorted(m for m in ('transformers', 'peft', 'ray') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"

@@ -1,4 +1,4 @@
-"""Local SGD with scaling against NumPy references of ALGORITHMS.md section 2."""
+"""Local SGD with scaling against NumPy references of docs/algorithms.md section 2."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.clients.training import objective_for
+from fedsim.clients.objective import objective_for
 from fedsim.config import client_spec, load_scenario
 from fedsim.results import read_metrics
 from fedsim.runtime import launch

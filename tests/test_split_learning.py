@@ -10,13 +10,13 @@ import pytest
 import torch
 from flwr.app import Message
 
-from fedsim.clients.split_host import GRAD, INPUTS
 from fedsim.config import ScenarioError, load_scenario
 from fedsim.data import load_dataset
 from fedsim.privacy.backbone import BackboneSpec, adapter_init, load_backbone, tokenizer
-from fedsim.privacy.split import distance_correlation
+from fedsim.privacy.split import GRAD, INPUTS, distance_correlation
+from fedsim.registry import load_ref
 from fedsim.results import read_metrics, read_summary
-from fedsim.runtime import launch, load_component
+from fedsim.runtime import launch
 from fedsim.runtime.inprocess import InProcessGrid
 from fedsim.servers.split import LabelParty, host_of, run_split
 
@@ -48,7 +48,7 @@ class RecordingGrid(InProcessGrid):
 
 def test_hosts_never_receive_labels_or_the_secret_mixing_weights(tmp_path):
     s = scenario(method="p3eft", hosts=2)
-    grid = RecordingGrid(load_component("fedsim.clients.app:app"), 2)
+    grid = RecordingGrid(load_ref("fedsim.clients.app:app"), 2)
     run_split(grid, s, tmp_path)
     ds = load_dataset(s.data, s.seed)
     spec = BackboneSpec("tiny-bert", len(ds.meta["vocab"]), s.seed, 2, 4, 8)

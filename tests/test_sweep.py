@@ -12,10 +12,12 @@ import time
 
 import pytest
 
+from fedsim.checkpoint import CHECKPOINT
 from fedsim.cli import main
 from fedsim.config import ScenarioError
 from fedsim.report import write_report
-from fedsim.sweep import Axis, grid, run_sweep
+from fedsim.results import CONFIG
+from fedsim.sweep import Axis, grid, plan, read_sweep, run_sweep
 
 from .conftest import REPO
 
@@ -79,18 +81,17 @@ def test_a_bad_key_or_value_fails_the_whole_sweep_before_anything_runs(tmp_path)
 
 
 def test_csv_matches_summaries_and_a_failed_point_does_not_stop_the_others(tmp_path):
-    # a CNN needs square images: 30 synthetic features make that point fail at run time
-    axes = '[[axes]]\nkey = "model.name"\nvalues = ["mlp", "cnn"]'
+    # every point validates, but point 1's runs find a torn checkpoint of an earlier sweep
+    # to resume from, so they fail at run time
+    axes = '[[axes]]\nkey = "algorithm.client_lr"\nvalues = [0.1, 0.2]'
     extra = 'target = { metric = "eval_accuracy", value = 0.0 }'
     path = sweep_file(tmp_path, axes, extra=extra)
-    (tmp_path / "base.toml").write_text(
-        BASE.replace(
-            "num_clients = 4",
-            'num_clients = 4\ndataset = "synthetic"\n'
-            'partitioner = "natural"\noptions = { dim = 30, max_samples = 100 }',
-        )
-    )
     out = tmp_path / "out"
+    for r in plan(*read_sweep(path)):
+        if r.point == 1:
+            r.directory(out).mkdir(parents=True)
+            (r.directory(out) / CONFIG).write_text(r.scenario.to_toml())
+            (r.directory(out) / CHECKPOINT).write_bytes(b"torn")
     assert main(["sweep", path, "--out", str(out), "--jobs", "2"]) == 0
     rows = read_csv(out / "sweep.csv")
     assert [(r["point"], r["seed"]) for r in rows] == [
@@ -107,10 +108,10 @@ def test_csv_matches_summaries_and_a_failed_point_does_not_stop_the_others(tmp_p
         assert float(r["sim_time_s"]) == summary["sim_time_s"]
         assert r["rounds_to_target"] == "1"  # a target of 0 is reached at once
     for r in rows[2:]:
-        assert r["status"].startswith("failed: ValueError") and "square" in r["status"]
+        assert r["status"].startswith("failed: fedsim.checkpoint.CheckpointError: resume:")
     report = (out / "report.md").read_text()
     assert "Failed runs:" in report and "point 1 seed 0" in report
-    assert "| 0 | mlp | 2/2 |" in report and "| 1 | cnn | 0/2 |" in report
+    assert "| 0 | 0.1 | 2/2 |" in report and "| 1 | 0.2 | 0/2 |" in report
 
 
 def test_a_killed_sweep_resumes_and_runs_only_what_is_missing(tmp_path):

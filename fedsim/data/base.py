@@ -45,7 +45,7 @@ class DatasetSpec:
     natural: bool
 
 
-class NoOptions(BaseModel, extra="forbid"):
+class NoOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Options model of a dataset that takes none."""
 
 

@@ -42,7 +42,7 @@ def _describe(error: ErrorDetails) -> str:
 class DataConfig(BaseModel):
     """Dataset choice, client count and partitioning of one scenario."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: Annotated[str, AfterValidator(DATASETS.check)] = "digits"
     num_clients: int = Field(20, ge=1)

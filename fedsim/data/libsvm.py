@@ -14,7 +14,7 @@ from fedsim.data.base import DATASETS, Dataset, DatasetSpec
 from fedsim.data.config import DataConfig
 
 
-class LibsvmOptions(BaseModel, extra="forbid"):
+class LibsvmOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Train file, optional test file (else a seeded `test_fraction` split), feature count."""
 
     path: str

@@ -24,7 +24,7 @@ from fedsim.data.config import DataConfig
 Kappa = Annotated[float, Field(gt=1)]
 
 
-class LogregOptions(BaseModel, extra="forbid"):
+class LogregOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Problem size, per-client condition number(s), label noise and client heterogeneity."""
 
     dim: int = Field(20, ge=1)

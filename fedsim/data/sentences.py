@@ -23,7 +23,7 @@ CUE_WORDS = (
 )
 
 
-class SentenceOptions(BaseModel, extra="forbid"):
+class SentenceOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Classes (2: negative/positive, 3: adds neutral), sizes, and how clear the signal is."""
 
     classes: int = Field(2, ge=2, le=len(CUE_WORDS))

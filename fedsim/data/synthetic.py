@@ -18,7 +18,7 @@ from fedsim.data.config import DataConfig
 from fedsim.seeding import derive_seed
 
 
-class SyntheticOptions(BaseModel, extra="forbid"):
+class SyntheticOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Heterogeneity of models (alpha) and of inputs (beta), sizes, and sample-count range."""
 
     alpha: float = Field(1.0, ge=0)

@@ -8,7 +8,6 @@ deployment runtime plugs in here as a third launcher.
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 from pathlib import Path
@@ -17,17 +16,14 @@ from typing import Any
 from flwr.app import Context, RecordDict
 
 from fedsim.config import Scenario
+from fedsim.registry import load_ref
+from fedsim.results import ERROR, RunFailed
 
 from . import compat
 from .inprocess import InProcessGrid
 
 SERVER_APP = "fedsim.servers.app:app"
 CLIENT_APP = "fedsim.clients.app:app"
-
-
-def load_component(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def run_config(scenario: Scenario, out_dir: Path | str, resume: bool) -> dict[str, Any]:
@@ -45,7 +41,16 @@ def launch(
 ) -> None:
     """Run `server_app` (default: fedsim's) with `client_app` on the scenario's runtime;
     `resume` continues the run in `out_dir` from its last checkpoint. `federation` names
-    the SuperLink connection (in FLWR_HOME's config.toml) of the `deployment` runtime."""
+    the SuperLink connection (in FLWR_HOME's config.toml) of the `deployment` runtime. A run
+    that stopped early raises RunFailed with the reason it left (all runtimes)."""
+    error = Path(out_dir) / ERROR
+    error.unlink(missing_ok=True)
+    _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federation)
+    if error.is_file():
+        raise RunFailed(f"the run stopped early:\n{error.read_text()}")
+
+
+def _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federation) -> None:
     if scenario.runtime == "deployment":
         if server_app or client_app or num_nodes:
             raise ValueError("runtime: deployment runs fedsim's own apps on the SuperNodes")
@@ -53,8 +58,8 @@ def launch(
 
         launch_deployment(scenario, out_dir, resume, federation)
         return
-    server_app = server_app or load_component(SERVER_APP)
-    client_app = client_app or load_component(CLIENT_APP)
+    server_app = server_app or load_ref(SERVER_APP)
+    client_app = client_app or load_ref(CLIENT_APP)
     num_nodes = num_nodes or scenario.data.num_clients
     cfg = run_config(scenario, out_dir, resume)
     if scenario.runtime == "inprocess":

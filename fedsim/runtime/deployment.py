@@ -10,6 +10,7 @@ FLWR_HOME is the environment's, else the local deployment's (`.deploy/flwr_home`
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 from fedsim.config import Scenario
@@ -22,6 +23,23 @@ def flwr_home() -> Path:
 
     env = os.environ.get("FLWR_HOME")
     return Path(env) if env else Layout(DEFAULT_ROOT).flwr_home
+
+
+def check_connection(federation: str | None) -> None:
+    """The SuperLink connection exists in FLWR_HOME's config (checked before a run
+    directory is made); a ValueError naming what is missing otherwise."""
+    from fedsim.deploy import CONNECTION
+
+    name, path = federation or CONNECTION, flwr_home() / "config.toml"
+    try:
+        known = tomllib.loads(path.read_text()).get("superlink", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        known = {}
+    if name not in known:
+        raise ValueError(
+            f"runtime: 'deployment' needs the SuperLink connection {name!r} in {path} (start"
+            " one with `fedsim deploy up`, or pass --federation NAME with FLWR_HOME set)"
+        )
 
 
 def launch_deployment(

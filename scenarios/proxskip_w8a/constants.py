@@ -25,7 +25,7 @@ import numpy as np
 from fedsim.config import Scenario, load_scenario
 from fedsim.data import load_dataset, partition_indices
 from fedsim.models import build_model, flat_params
-from fedsim.servers.evaluate import client_constants, known_optimum
+from fedsim.problems import client_constants, known_optimum
 
 HERE = Path(__file__).resolve().parent
 KAPPA = 1e4

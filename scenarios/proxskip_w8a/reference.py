@@ -4,7 +4,7 @@
 
 A fedsim sweep of this grid to eps = 1e-6 would take well over an hour on a 2-core machine
 (about 960,000 local iterations of the 10 clients, ~5 ms each in fedsim, ~1.4 ms here; see
-docs/proxskip_w8a/README.md), so this script runs the update rule of ALGORITHMS.md section
+docs/proxskip_w8a/README.md), so this script runs the update rule of docs/algorithms.md section
 3 itself, on fedsim's own clients, x0 and x* (constants.py) and with fedsim's round lengths
 K ~ Geometric(p) (`round_length(p, seed, round)`: the coins a fedsim run with the same seed
 draws), so its trajectories are fedsim's up to float32 rounding (check.py compares them).
@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
-from fedsim.servers.proxskip import round_length
+from fedsim.methods.proxskip import round_length
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from constants import problem  # noqa: E402

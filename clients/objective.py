@@ -1,25 +1,25 @@
-"""What every client half needs: its local objective as a gradient oracle over a flat vector."""
+"""A client's local objective as a gradient oracle over a flat vector (what a method's client
+round computes with), built once per process and partition from the round's spec."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from types import SimpleNamespace
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from fedsim.codecs import pack, readonly_tensor, unpack, with_feedback
+from fedsim.codecs import readonly_tensor
+from fedsim.config import PrivacyConfig
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Adversaries, Failures
+from fedsim.method import METHODS, FederatedMethod, Params
 from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
-from fedsim.privacy.config import PrivacyConfig
 from fedsim.privacy.mechanisms import PrivateGradients, poisson_batches
+from fedsim.registry import load_plugins
 
 
 @dataclass(frozen=True)
@@ -30,21 +30,26 @@ class RoundSpec:
     device: str
     data: DataConfig
     model: ModelConfig
-    params: SimpleNamespace  # the algorithm's hyperparameters
+    params: Params  # the algorithm's hyperparameters
     failures: Failures  # injected failures (the ClientApp raises when its coin says so)
     adversaries: Adversaries  # Byzantine clients (the ClientApp corrupts what they send)
     privacy: PrivacyConfig
 
+    @property
+    def method(self) -> FederatedMethod:
+        return METHODS.get(self.params.name)
+
     @staticmethod
     @lru_cache(maxsize=8)
     def parse(text: str) -> RoundSpec:
+        load_plugins()  # the methods, in a fresh ClientApp process too
         d = json.loads(text)
         return RoundSpec(
             seed=d["seed"],
             device=d["device"],
             data=DataConfig.model_validate(d["data"]),
             model=ModelConfig.model_validate(d["model"]),
-            params=SimpleNamespace(**d["algorithm"]),
+            params=METHODS.get(d["algorithm"]["name"]).params.model_validate(d["algorithm"]),
             failures=Failures.model_validate(d["failures"]),
             adversaries=Adversaries.model_validate(d["adversaries"]),
             privacy=PrivacyConfig.model_validate(d["privacy"]),
@@ -142,14 +147,6 @@ class LocalObjective:
         return value
 
 
-def steps_for(params: SimpleNamespace, n: int) -> int:
-    """Local steps in a round: `local_steps`, or `local_epochs` passes over n examples."""
-    if getattr(params, "local_steps", 0):
-        return params.local_steps
-    batch = params.batch_size or n
-    return params.local_epochs * math.ceil(n / batch)
-
-
 def minibatches(
     n: int, batch_size: int, steps: int, gen: torch.Generator, device: torch.device
 ) -> Iterator[torch.Tensor | None]:
@@ -199,46 +196,3 @@ def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
     tx = torch.as_tensor(x, device=spec.device)
     ty = torch.as_tensor(y, device=spec.device)
     return LocalObjective(model, tx, ty, float(l2), ds.num_classes, model.private)
-
-
-@dataclass
-class ClientJob:
-    """Everything one client half gets for one round."""
-
-    round: int
-    partition_id: int
-    spec: RoundSpec
-    objective: LocalObjective
-    inbox: ArrayRecord  # every array the server sent (the model and any method extras)
-    received: np.ndarray | None  # the model as received (read-only); None if not sent
-    x: torch.Tensor | None  # a writable copy of it on the device (reused buffer)
-    rng: torch.Generator  # derived from (seed, round, partition id)
-    state: RecordDict  # Context.state: persists across rounds on this node
-    config: ConfigRecord  # the round's config as sent by the server
-
-    @property
-    def params(self) -> SimpleNamespace:
-        return self.spec.params
-
-
-@dataclass
-class ClientUpdate:
-    """What a client half returns: the vector to send, its wire format, and its metrics."""
-
-    vector: np.ndarray  # what the method sends (an adversary corrupts this one)
-    train_loss: float
-    grad_evals: int  # gradient evaluations (one per local step)
-    work: int  # training examples processed, for the simulated clock
-    codec: str = "fp32"  # the vector's wire format (a fedsim.codecs spec)
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # side arrays, sent as float32
-
-
-FEEDBACK = "error-feedback"  # Context.state key of the error memory e
-
-
-def error_feedback(state: RecordDict, v: np.ndarray, spec: str) -> np.ndarray:
-    """`with_feedback` with the memory e kept in the client's `state`."""
-    e = unpack(state[FEEDBACK]["e"]) if FEEDBACK in state else None
-    sent, memory = with_feedback(v, e, spec)
-    state[FEEDBACK] = ArrayRecord({"e": pack(memory)})
-    return sent

@@ -1,0 +1,228 @@
+"""The method contract: a federated method is one unit with typed hyperparameters, typed client
+and server state, and a few pure steps over flat float32 tensors, in the shape of FedJAX's
+`fed_avg.py`:
+
+    server_init(p, x0, n, seed)           -> S           the server's state (S.x: the model)
+    broadcast(p, s, round)                -> S, Downlink what every sampled client is sent
+    personalize(p, s, round, pid, down)   -> Downlink    per-client changes (default: none)
+    client_round(p, down, c, f, rng)      -> Upload, C   one client's local work
+    server_step(p, s, agg, round)         -> S | None    the new state (None: a void round)
+
+A method declares what it supports (`Supports`) and what it costs (`planned_grad_evals`);
+loading a scenario refuses any other combination. The units live in `fedsim.methods`; one
+adapter in `fedsim.clients` and one in `fedsim.servers` map every method onto Flower's
+messages, `Context.state`, codecs and devices, and no method sees a Flower type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+
+from fedsim.registry import Registry
+
+RUNTIMES = ("inprocess", "simulation", "deployment")
+MECHANISMS = ("dp_sgd", "dp_fedavg", "local")
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class Params(BaseModel):
+    """Hyperparameters every method has; a method subclasses this with its own. Numbers are
+    finite unless a field says otherwise."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str
+    fraction: float = Field(1.0, gt=0, le=1, description="clients sampled per round")
+    min_clients: int = Field(1, ge=1, description="lower bound on the sampled cohort")
+    aggregation: Literal["mean", "median", "trimmed_mean"] = Field(
+        "mean", description="how the server combines the updates (median, trimmed_mean: robust)"
+    )
+    trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
+
+    @field_validator("*")
+    @classmethod
+    def _float32_range(cls, v: Any) -> Any:
+        """Numbers meet float32 tensors: a value float32 cannot hold is refused here."""
+        for x in v if isinstance(v, list) else [v]:
+            if isinstance(x, float) and abs(x) > FLOAT32_MAX:
+                raise ValueError(f"{x} does not fit in float32 (|value| <= {FLOAT32_MAX:.4g})")
+        return v
+
+
+@dataclass(frozen=True)
+class Supports:
+    """What a method can run under; anything else is refused when the scenario loads."""
+
+    partial: bool = True  # fraction < 1, or clients that are sometimes unavailable
+    overcommit: bool = True  # invite more clients than needed, keep the first k
+    deadline: bool = True  # drop replies later than a deadline
+    fedbuff: bool = False  # asynchronous buffered aggregation with staleness weights
+    privacy: frozenset[str] = frozenset(MECHANISMS)
+    aggregation: frozenset[str] = frozenset({"mean"})
+    resume: frozenset[str] = frozenset({"inprocess", "simulation"})  # runtimes that resume it
+
+
+@dataclass(frozen=True)
+class Downlink:
+    """What a client is sent: a vector (the model, or what a method sends instead, such as
+    the last step) in a wire format, float32 side arrays, and round settings."""
+
+    vector: Tensor
+    codec: str = "fp32"
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A Downlink as the client reads it: the vector as a writable tensor on the client's
+    device (a buffer reused between clients: copy what you keep), side arrays there too."""
+
+    vector: Tensor
+    extra: dict[str, Tensor]
+    config: dict[str, Any]
+    round: int
+    partition: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A client's reply: the vector it sends (what an adversary corrupts and the `local`
+    mechanism noises) in a wire format, its weight in the average, float32 side arrays,
+    and what it did."""
+
+    vector: Tensor
+    loss: float
+    grad_evals: int  # gradient evaluations (one per local step)
+    work: int  # training examples processed, for the simulated clock
+    weight: float = 1.0
+    codec: str = "fp32"
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The server's view of a round's replies: the aggregated vector (mean, robust rule or
+    DP-FedAvg's noisy sum, whichever wraps the method), plain means of the side arrays, and
+    which partitions were admitted and which were used (finite updates)."""
+
+    vector: Tensor
+    extra: dict[str, Tensor]
+    used: list[int]
+    received: list[int]
+
+
+class Oracle(Protocol):
+    """A client's local objective f_i over a flat vector (fedsim.clients.objective)."""
+
+    n: int  # examples
+
+    def bind(self, x: Tensor) -> None: ...
+    def batches(self, batch_size: int, steps: int, gen: torch.Generator) -> Iterator: ...
+    def loss_grad(self, idx=None) -> tuple[float, Tensor]: ...
+    def sgd_step(self, idx, lr: float) -> float: ...
+    def hessian_vector(self, idx, v: Tensor) -> Tensor: ...
+
+
+P = TypeVar("P", bound=Params)
+C = TypeVar("C")
+S = TypeVar("S")
+
+
+class Method:
+    """What every method declares: its name, hyperparameters and what it supports."""
+
+    name: ClassVar[str]
+    doc: ClassVar[str]
+    params: ClassVar[type[Params]]
+    supports: ClassVar[Supports] = Supports()
+    loop: ClassVar[str | None] = None  # "module:function" that runs instead of FL rounds
+
+    def resolve(self, scenario: Any) -> Any:
+        """The scenario with data-dependent settings made concrete (e.g. gamma = 1/L); a
+        ValueError "algorithm.key: ..." refuses it."""
+        return scenario
+
+    def check(self, scenario: Any) -> None:
+        """Method-specific cross-key checks (a ValueError "key: ..." refuses the scenario)."""
+
+    def planned_grad_evals(self, p: Any, n: int, rounds: int, seed: int) -> int:
+        """Gradients a client with n examples computes if it takes part in every round (what
+        DP-SGD's accountant composes); one per round unless a method says otherwise."""
+        return rounds
+
+
+class FederatedMethod(Method, ABC, Generic[P, C, S]):
+    """A method of rounds of client updates: the steps the adapters call."""
+
+    client_state: ClassVar[type | None] = None  # a dataclass of tensors and numbers
+
+    @abstractmethod
+    def server_init(self, p: P, x0: Tensor, num_clients: int, seed: int) -> S:
+        """The server's state before round 1 (its `x` is the model)."""
+
+    def broadcast(self, p: P, s: S, rnd: int) -> tuple[S, Downlink]:
+        """What the round's cohort is sent (default: the model as float32)."""
+        return s, Downlink(s.x)
+
+    def personalize(self, p: P, s: S, rnd: int, pid: int, down: Downlink) -> Downlink:
+        """What client `pid` is sent instead of the broadcast (default: the broadcast)."""
+        return down
+
+    @abstractmethod
+    def client_round(
+        self, p: P, down: Received, c: C | None, f: Oracle, rng: torch.Generator
+    ) -> tuple[Upload, C | None]:
+        """One client's round: its reply and its new state (None before its first round)."""
+
+    @abstractmethod
+    def server_step(self, p: P, s: S, agg: Aggregate, rnd: int) -> S | None:
+        """The state after applying the round's aggregate; None keeps the model (void)."""
+
+
+METHODS: Registry[Method] = Registry("algorithm")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: register one instance of the method under its name."""
+    METHODS.register(cls.name, cls(), cls.doc)
+    return cls
+
+
+# ---------------------------------------------------------------- state as arrays and numbers
+
+
+def state_to_parts(state: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A state dataclass as float32/int arrays and JSON numbers (None fields left out)."""
+    arrays, values = {}, {}
+    for f in dataclasses.fields(state):
+        v = getattr(state, f.name)
+        if v is None:
+            continue
+        if isinstance(v, Tensor):
+            arrays[f.name] = v.detach().cpu().numpy()
+        elif isinstance(v, np.ndarray):
+            arrays[f.name] = v
+        else:
+            values[f.name] = v
+    return arrays, values
+
+
+def state_from_parts(cls: type, arrays: dict[str, np.ndarray], values: dict[str, Any], device):
+    """The inverse of state_to_parts: tensors on `device` (writable copies)."""
+    kwargs: dict[str, Any] = {
+        k: torch.tensor(np.array(a), device=device) for k, a in arrays.items()
+    }
+    kwargs.update(values)
+    return cls(**kwargs)

@@ -1,0 +1,78 @@
+"""Label-private split learning of LoRA adapters (P3EFT and its baselines; docs/algorithms.md
+section 7): the declaration. The label party's loop is `fedsim.servers.split`, the backbone
+hosts' answers `fedsim.clients.split_host`; both load transformers and PEFT, which a run of
+any other method never imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from huggingface_hub import try_to_load_from_cache
+from pydantic import Field
+
+from fedsim.method import Method, Params, Supports, register
+
+TINY = "tiny-bert"  # a small BERT initialised from the seed, with the task's own vocabulary
+
+
+class SplitParams(Params):
+    """One method of label-private split LoRA training and its settings."""
+
+    method: Literal["head_only", "vanilla", "dc", "p3eft"] = "p3eft"
+    backbone: str = Field(TINY, description="'tiny-bert', a local model path or cached name")
+    hosts: int = Field(1, ge=1, description="backbone hosts (nodes); 1 is the two-party case")
+    adapters: int = Field(2, ge=1, description="n adapter sets (P3EFT; the baselines use 1)")
+    shards: int = Field(2, ge=1, description="m private-backprop shards (P3EFT; baselines: 1)")
+    rank: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    reg: float = Field(0.02, ge=0, description="weight of the probe (P3EFT) or DC penalty")
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0, description="Adam's step size for head and adapters")
+    noise_scale: float = Field(100.0, gt=0, description="RMS of a shard's noise over g_h's")
+    mix_scale: float = Field(30.0, ge=0, description="std of the mixing weights' xi")
+    probe_steps: int = Field(10, ge=1, description="probe fitting steps per training step")
+    rotate: bool = Field(True, description="move each adapter to the next host every step")
+    leak_every: int = Field(20, ge=1, description="steps per leak/accuracy checkpoint")
+
+
+def loadable(backbone: str) -> bool:
+    """tiny-bert, a local model directory, or a model in the local Hugging Face cache."""
+    if backbone == TINY or (Path(backbone) / "config.json").is_file():
+        return True
+    try:
+        return isinstance(try_to_load_from_cache(backbone, "config.json"), str)
+    except ValueError:  # not a hub name either
+        return False
+
+
+@register
+class SplitLoRA(Method):
+    name = "split_lora"
+    doc = "label-private split LoRA: P3EFT, head-only, vanilla split LoRA, distance correlation"
+    params = SplitParams
+    # one synchronous step at a time with every host; no client-update privacy mechanisms
+    supports = Supports(
+        partial=False,
+        overcommit=False,
+        deadline=False,
+        privacy=frozenset(),
+        resume=frozenset(),
+    )
+    loop = "fedsim.servers.split:run_split"
+
+    def resolve(self, scenario):
+        """Baselines use one adapter and one shard; the federation's nodes are the hosts; the
+        task must be text and the backbone loadable here (hub names only from the cache)."""
+        p = scenario.algorithm
+        if scenario.data.dataset != "sentences":
+            raise ValueError(f"data.dataset: {scenario.data.dataset!r} is not text ('sentences')")
+        if not loadable(p.backbone):
+            raise ValueError(
+                f"algorithm.backbone: {p.backbone!r} is not 'tiny-bert', a local model"
+                " directory or a model in the local Hugging Face cache"
+            )
+        if p.method != "p3eft":
+            p = p.model_copy(update={"adapters": 1, "shards": 1})
+        data = scenario.data.model_copy(update={"num_clients": p.hosts})
+        return scenario.model_copy(update={"algorithm": p, "data": data})
