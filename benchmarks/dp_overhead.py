@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.clients.objective import objective_for
+from fedsim.clients.objective import cohort_for
 from fedsim.config import client_spec, load_scenario
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,16 +35,16 @@ def objective(model: dict, private: bool):
     }
     if private:
         raw["privacy"] = {"mechanism": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0}
-    f = objective_for(client_spec(load_scenario(raw)), 0)
-    f.bind(f.load(torch.nn.utils.parameters_to_vector(f.model.parameters()).detach().numpy()))
+    f = cohort_for(client_spec(load_scenario(raw)), [0])
+    f.bind(f.load([torch.nn.utils.parameters_to_vector(f.model.parameters()).detach().numpy()]))
     return f
 
 
 def seconds_per_step(f) -> float:
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    for idx in f.batches(BATCH, STEPS, gen):
-        f.sgd_step(idx, 0.01)
+    for batch in f.batches(BATCH, STEPS, [gen]):
+        f.sgd_step(batch, 0.01)
     return (time.perf_counter() - start) / STEPS
 
 

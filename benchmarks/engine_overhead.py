@@ -1,14 +1,16 @@
-"""Engine overhead: the same FedAvg workload as a bare PyTorch loop, in-process, and on Ray.
+"""Engine overhead: the same FedAvg workload as a bare PyTorch loop, in-process (clients one
+by one, and as vectorized cohorts), and on Ray.
 
-Two workloads (issue 2): 100 clients with a ~1M-parameter MLP and 20 clients with
-a ~10k-parameter MLP, 10 local SGD steps each. Every engine runs the same data,
-batches and server-side evaluation; we report seconds per client update (a
-round's wall time over its clients, first round excluded as warm-up) and the
-ratio to bare PyTorch. Bare and in-process runs alternate in this process (fastest
-round over five repeats);
-`simulation` is Flower's Ray engine on the same scenario.
+Workloads: 100 clients with a ~1M-parameter MLP, 20 and 100 clients with a ~10k-parameter
+MLP, 10 local SGD steps of batch 32 each. Every engine runs the same data, batches and
+server-side evaluation; we report seconds per client update (a round's wall time over its
+clients, first round excluded as warm-up) and the ratio to bare PyTorch. Bare and
+in-process runs alternate in this process (fastest round over the repeats); `simulation`
+is Flower's Ray engine on the same scenario. `--memory` also runs one round of 1,000
+clients of the 1M model as vectorized cohorts in a fresh process and reports its peak RSS
+and the chunk size the memory budget chose.
 
-    python benchmarks/engine_overhead.py [--quick] [--no-simulation]
+    python benchmarks/engine_overhead.py [--quick] [--no-simulation] [--memory]
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,17 +53,28 @@ WORKLOADS = {
         "model": {"name": "mlp", "hidden": [128]},
         "rounds": 12,
     },
+    "10k_100": {  # the same model, 100 clients (about 14 examples each: full batches)
+        "data": {"dataset": "digits", "num_clients": 100, "partitioner": "iid"},
+        "model": {"name": "mlp", "hidden": [128]},
+        "rounds": 8,
+    },
 }
+# name -> execution: "vectorized" is the default ("auto"): batched cohorts where they pay,
+# so on a CPU the 1M model runs client by client (see fedsim/models.py: VMAP_PARAMS)
+ENGINES = {"inprocess": "sequential", "vectorized": "auto"}
 ALGORITHM = {"name": "local_sgd", "local_steps": 10, "batch_size": 32, "client_lr": 0.05}
 
 
-def scenario(name: str, runtime: str = "inprocess", rounds: int | None = None) -> Scenario:
+def scenario(
+    name: str, runtime: str = "inprocess", rounds: int | None = None, execution: str = "auto"
+) -> Scenario:
     w = WORKLOADS[name]
     raw = {
         "name": f"bench-{name}",
         "seed": 0,
         "rounds": rounds or w["rounds"],
         "runtime": runtime,
+        "execution": execution,
         "data": w["data"],
         "model": w["model"],
         "algorithm": ALGORITHM,
@@ -127,23 +142,58 @@ def per_update(times: list[float], clients: int) -> float:
 
 
 def measure(name: str, repeats: int) -> dict[str, float]:
-    """Best of `repeats` for bare PyTorch and in-process, alternating so drift hits both."""
+    """Best of `repeats` for bare PyTorch and the in-process engines, alternating so drift
+    hits all of them."""
     s = scenario(name)
-    bare, inproc = [], []
+    best = {"bare": float("inf")} | {e: float("inf") for e in ENGINES}
     for _ in range(repeats):
-        bare.append(per_update(bare_pytorch(s), s.data.num_clients))
-        inproc.append(per_update(engine(s), s.data.num_clients))
-    return {"bare": min(bare), "inprocess": min(inproc)}
+        best["bare"] = min(best["bare"], per_update(bare_pytorch(s), s.data.num_clients))
+        for eng, execution in ENGINES.items():
+            t = per_update(engine(scenario(name, execution=execution)), s.data.num_clients)
+            best[eng] = min(best[eng], t)
+    return best
+
+
+def cohort_memory() -> dict[str, float]:
+    """One round of 1,000 clients of the 1M model as vectorized cohorts, in this process."""
+    from fedsim.runtime.cohorts import cohort_chunk
+
+    w = WORKLOADS["1m"]
+    s = load_scenario(
+        {
+            "name": "bench-1m-1000",
+            "rounds": 1,
+            "checkpoint_every": 0,
+            "execution": "vectorized",
+            "data": w["data"] | {"num_clients": 1000},
+            "model": w["model"],
+            "algorithm": ALGORITHM,
+        }
+    )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        launch(s, tmp)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {
+        "cohort_1000_1m_peak_rss_gib": round(peak, 3),
+        "cohort_1000_1m_chunk": cohort_chunk(s),
+        "cohort_1000_1m_round_s": round(time.perf_counter() - start, 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one repeat (default five)")
     ap.add_argument("--no-simulation", action="store_true", help="skip Flower's Ray engine")
+    ap.add_argument("--memory", action="store_true", help="1,000 clients of the 1M model")
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_only:  # the fresh process of --memory
+        print(json.dumps(cohort_memory()))
+        return
     seconds = {name: measure(name, 1 if args.quick else 5) for name in WORKLOADS}
     if not args.no_simulation:  # last: Ray leaves threads behind in this process
-        for name in WORKLOADS:
+        for name in ("1m", "10k"):
             sim = scenario(name, runtime="simulation", rounds=3)
             seconds[name]["simulation"] = per_update(engine(sim), sim.data.num_clients)
     figures: dict[str, float | str] = {}
@@ -155,6 +205,11 @@ def main() -> None:
             if eng != "bare":
                 figures[f"{eng}_vs_bare_{name}"] = round(ratio, 3)
             figures[f"ms_per_update_{eng}_{name}"] = round(1e3 * sec, 3)
+    if args.memory:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-only"], check=True, capture_output=True, text=True
+        ).stdout
+        figures |= json.loads(out.strip().splitlines()[-1])
     figures["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, CPU"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engine_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")

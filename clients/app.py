@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import traceback
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from fedsim.codecs import codec, pack, unpack
+from fedsim.codecs import Codec, codec, pack, unpack
 from fedsim.heterogeneity import InjectedFailure, adversaries_of, corrupt, failure_of
 from fedsim.messages import (
     ARRAYS,
@@ -34,12 +37,12 @@ from fedsim.messages import (
     SPEC,
     UPLINK,
 )
-from fedsim.method import Received, Upload, state_from_parts, state_to_parts
+from fedsim.method import Received, overlay, state_from_parts, state_row, state_to_parts
 from fedsim.privacy.mechanisms import clip, gaussian
 from fedsim.privacy.plan import sample_rate, spend
 from fedsim.seeding import derive_seed, torch_generator
 
-from .objective import LocalObjective, RoundSpec, objective_for
+from .objective import Cohort, RoundSpec, cohort_for
 
 app = ClientApp()
 CODEC_STREAM = 41
@@ -93,66 +96,153 @@ def backprop(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Run the method's client round on this node's partition and reply with its upload.
-    An injected failure raises as such; anything else raises a ClientError that carries
-    the traceback (the server stops the run on it)."""
-    config = msg.content[CONFIG]
-    spec_text = str(config[SPEC])
-    spec = RoundSpec.parse(spec_text)
-    pid, rnd = partition_id(context), int(config[SERVER_ROUND])
+    """Run the method's client round on this node's partition (a cohort of one) and reply
+    with its upload. An injected failure raises as such; anything else raises a ClientError
+    that carries the traceback (the server stops the run on it)."""
+    pid, rnd = partition_id(context), int(msg.content[CONFIG][SERVER_ROUND])
+    spec = RoundSpec.parse(str(msg.content[CONFIG][SPEC]))
     if failure_of(spec.failures, spec.seed, rnd, pid) == "raise":
         raise InjectedFailure(f"partition {pid} raises in round {rnd}")
     try:
-        return run_round(msg, context, spec, spec_text, pid, rnd)
+        (reply,) = run_cohort([msg], [context], vectorize=False)
     except Exception as e:
         raise ClientError(f"partition {pid}, round {rnd}:\n{traceback.format_exc()}") from e
+    return reply
 
 
-def run_round(msg: Message, context: Context, spec: RoundSpec, spec_text: str, pid, rnd):
-    method, p = spec.method, spec.params
-    f = objective_for(spec_text, pid)
-    down = received(msg, f, spec, pid, rnd)
-    last = committed(context.state, method.client_state, int(msg.content[CONFIG][LAST_USED]), f)
-    upload, new = method.client_round(p, down, last, f, torch_generator(spec.seed, rnd, pid))
-    keep_pending(context.state, new, rnd)
-    metrics = MetricRecord(
-        {
-            "num-examples": f.n,
-            "partition-id": pid,
-            "train_loss": upload.loss,
-            "grad_evals": upload.grad_evals,
-            "work": upload.work,
-            "weight": upload.weight,
-        }
-    )
-    privacy = spec.privacy
-    if privacy.mechanism in ("dp_sgd", "local"):  # this client's own budget so far
-        steps = upload.grad_evals if privacy.mechanism == "dp_sgd" else 1
-        metrics["epsilon"] = spend(context.state, privacy, sample_rate(privacy, p, f.n), steps)
-    arrays, extra = encode(upload, spec, rnd, pid)
-    content = {
-        ARRAYS: arrays,
-        EXTRA: extra,
-        METRICS: metrics,
-        UPLINK: ConfigRecord({CODEC: upload.codec}),
-    }
-    return Message(RecordDict(content), reply_to=msg)
+def train_cohorts(
+    messages: list[Message], contexts: list[Context], chunk: int
+) -> Iterator[Message]:
+    """The in-process runtime's vectorized path: the round's train messages grouped by what
+    the clients were sent (spec, round, wire format, settings) and run as batched cohorts
+    of at most `chunk` clients. Replies come in the order of `messages`, built exactly as
+    the ClientApp would (injected failures and client errors as Flower error replies)."""
+    replies: dict[int, Message] = {}
+    groups: dict[str, list[int]] = {}
+    for i, (msg, context) in enumerate(zip(messages, contexts, strict=True)):
+        config = msg.content[CONFIG]
+        pid, rnd = partition_id(context), int(config[SERVER_ROUND])
+        spec = RoundSpec.parse(str(config[SPEC]))
+        if failure_of(spec.failures, spec.seed, rnd, pid) == "raise":
+            error = InjectedFailure(f"partition {pid} raises in round {rnd}")
+            replies[i] = error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, error)
+            continue
+        groups.setdefault(group_key(msg), []).append(i)
+    chunks = sorted(g[k : k + chunk] for g in groups.values() for k in range(0, len(g), chunk))
+    nxt = 0
+    for n, batch in enumerate(chunks):
+        try:
+            out = run_cohort([messages[i] for i in batch], [contexts[i] for i in batch], True)
+        except Exception:  # find the client: each one alone, as the ClientApp would run it
+            out = [one_by_one(messages[i], contexts[i]) for i in batch]
+        replies.update(zip(batch, out, strict=True))
+        done = chunks[n + 1][0] if n + 1 < len(chunks) else len(messages)
+        while nxt < done:  # every message before the next chunk's first is answered
+            yield replies.pop(nxt)
+            nxt += 1
+    while nxt < len(messages):  # only injected failures left (or no chunk at all)
+        yield replies.pop(nxt)
+        nxt += 1
 
 
-def received(msg: Message, f: LocalObjective, spec: RoundSpec, pid: int, rnd: int) -> Received:
-    """The message as the method reads it: the vector decoded into the model's reusable
-    buffer on the client's device, side arrays there too, the round's settings."""
+def one_by_one(msg: Message, context: Context) -> Message:
+    """A client's reply from the sequential path, or its error reply with its traceback."""
+    pid = partition_id(context)
+    try:
+        (reply,) = run_cohort([msg], [context], vectorize=False)
+    except Exception:
+        rnd = int(msg.content[CONFIG][SERVER_ROUND])
+        error = ClientError(f"partition {pid}, round {rnd}:\n{traceback.format_exc()}")
+        return error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, error)
+    return reply
+
+
+def group_key(msg: Message) -> str:
+    """Messages a cohort can share: the same spec, round, wire format, settings and side
+    arrays (the vectors themselves may differ)."""
     config = msg.content[CONFIG]
-    vector = f.load(codec(str(config[MODEL_CODEC])).decode(msg.content[ARRAYS]))
-    device = vector.device
-    extra = {
-        k: torch.tensor(np.array(unpack(a)), device=device) for k, a in msg.content[EXTRA].items()
-    }
     settings = dict(msg.content[ROUND]) if ROUND in msg.content else {}
-    return Received(vector, extra, settings, rnd, pid, spec.seed)
+    return json.dumps(
+        [
+            str(config[SPEC]),
+            int(config[SERVER_ROUND]),
+            str(config[MODEL_CODEC]),
+            settings,
+            sorted(msg.content[EXTRA]),
+        ],
+        sort_keys=True,
+    )
 
 
-def committed(state: RecordDict, cls: type | None, last_used: int, f: LocalObjective):
+def error_reply(msg: Message, code: int, error: Exception) -> Message:
+    return Message(Error(code, f"{type(error).__name__}: {error}"), reply_to=msg)
+
+
+def run_cohort(messages: list[Message], contexts: list[Context], vectorize: bool) -> list[Message]:
+    """One method round for the clients of `messages` (same spec, round and settings)."""
+    config = messages[0].content[CONFIG]
+    spec_text, rnd = str(config[SPEC]), int(config[SERVER_ROUND])
+    spec = RoundSpec.parse(spec_text)
+    method, p = spec.method, spec.params
+    pids = [partition_id(c) for c in contexts]
+    f = cohort_for(spec_text, pids, vectorize)
+    down = received(messages, f, spec, pids, rnd)
+    last = method.client_init(p, down)
+    for i, (msg, context) in enumerate(zip(messages, contexts, strict=True)):
+        used = int(msg.content[CONFIG][LAST_USED])
+        row = committed(context.state, method.client_state, used, f.device)
+        if row is not None:
+            overlay(last, i, row)
+    rngs = [torch_generator(spec.seed, rnd, pid) for pid in pids]
+    upload, new = method.client_round(p, down, last, f, rngs)
+    vectors = upload.vector.detach().cpu().numpy()  # one copy off the device for the cohort
+    extras = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in upload.extra.items()}
+    replies = []
+    for i, (msg, context, pid) in enumerate(zip(messages, contexts, pids, strict=True)):
+        keep_pending(context.state, None if new is None else state_row(new, i), rnd)
+        weight = upload.weight
+        metrics = MetricRecord(
+            {
+                "num-examples": f.sizes[i],
+                "partition-id": pid,
+                "train_loss": float(upload.loss[i]),
+                "grad_evals": int(upload.grad_evals[i]),
+                "work": int(upload.work[i]),
+                "weight": float(weight[i] if isinstance(weight, torch.Tensor) else weight),
+            }
+        )
+        privacy = spec.privacy
+        if privacy.mechanism in ("dp_sgd", "local"):  # this client's own budget so far
+            steps = int(upload.grad_evals[i]) if privacy.mechanism == "dp_sgd" else 1
+            q = sample_rate(privacy, p, f.sizes[i])
+            metrics["epsilon"] = spend(context.state, privacy, q, steps)
+        arrays = encode(vectors[i], codec(upload.codec), spec, rnd, pid)
+        extra = ArrayRecord({k: pack(e[i]) for k, e in extras.items()})
+        content = {
+            ARRAYS: arrays,
+            EXTRA: extra,
+            METRICS: metrics,
+            UPLINK: ConfigRecord({CODEC: upload.codec}),
+        }
+        replies.append(Message(RecordDict(content), reply_to=msg))
+    return replies
+
+
+def received(messages: list[Message], f: Cohort, spec: RoundSpec, pids, rnd: int) -> Received:
+    """The messages as the method reads them: the vectors decoded into a [C, d] tensor on the
+    clients' device, side arrays [C, ...] there too, the round's settings."""
+    model_codec = codec(str(messages[0].content[CONFIG][MODEL_CODEC]))
+    vector = f.load([model_codec.decode(m.content[ARRAYS]) for m in messages])
+    extra = {
+        k: torch.from_numpy(np.stack([unpack(m.content[EXTRA][k]) for m in messages])).to(f.device)
+        for k in messages[0].content[EXTRA]
+    }
+    first = messages[0].content
+    settings = dict(first[ROUND]) if ROUND in first else {}
+    return Received(vector, extra, settings, rnd, list(pids), spec.seed)
+
+
+def committed(state: RecordDict, cls: type | None, last_used: int, device):
     """The method state of the client's last used round on the client's device (None
     before its first): a pending state is promoted if the server used that round."""
     if cls is None:
@@ -166,7 +256,7 @@ def committed(state: RecordDict, cls: type | None, last_used: int, f: LocalObjec
     names = {field.name for field in dataclasses.fields(cls)}
     values = {k: v for k, v in state[STATE_VALUES].items() if k in names}
     arrays = {k: unpack(a) for k, a in state[STATE].items()}
-    return state_from_parts(cls, arrays, values, f.inputs.device)
+    return state_from_parts(cls, arrays, values, device)
 
 
 def keep_pending(state: RecordDict, new, rnd: int) -> None:
@@ -178,19 +268,17 @@ def keep_pending(state: RecordDict, new, rnd: int) -> None:
     state[PENDING_VALUES] = ConfigRecord({**values, "round": rnd})
 
 
-def encode(upload: Upload, spec: RoundSpec, rnd: int, pid: int) -> tuple[ArrayRecord, ArrayRecord]:
-    """The reply's arrays: the upload's vector (privatized under the `local` mechanism, as an
-    adversary corrupts it) in its wire format, and its side arrays as float32."""
-    vector, priv = upload.vector.detach().cpu().numpy(), spec.privacy
-    rng = np.random.default_rng(derive_seed(spec.seed, rnd, pid, CODEC_STREAM))
+def encode(vector: np.ndarray, wire: Codec, spec: RoundSpec, rnd: int, pid: int):
+    """A client's uploaded vector in its wire format (privatized under the `local`
+    mechanism, as an adversary corrupts it)."""
+    priv = spec.privacy
+    rng = None  # the client's stream for noise and random codecs, made only when needed
+    if priv.mechanism == "local" or wire.random:
+        rng = np.random.default_rng(derive_seed(spec.seed, rnd, pid, CODEC_STREAM))
     if priv.mechanism == "local":  # clip, then noise, then encode
         c = priv.max_grad_norm
         vector = gaussian(clip(vector, c), priv.noise_multiplier * c, rng)
     adv = spec.adversaries
     if adv.fraction and pid in adversaries_of(adv, spec.data.num_clients, spec.seed):
         vector = corrupt(adv, vector, spec.seed, rnd, pid)
-    payload = codec(upload.codec).encode(vector, rng)
-    extra = ArrayRecord(
-        {k: pack(v.detach().cpu().numpy().astype(np.float32)) for k, v in upload.extra.items()}
-    )
-    return payload, extra
+    return wire.encode(vector, rng)

@@ -1,23 +1,34 @@
-"""A client's local objective as a gradient oracle over a flat vector (what a method's client
-round computes with), built once per process and partition from the round's spec."""
+"""A cohort's local objectives as one gradient oracle over stacked flat vectors: what a
+method's client round computes with, for one client (a Flower message) or for many at once
+(the in-process runtime's vectorized cohorts).
+
+Every tensor a method sees has a leading client dimension C. Two engines compute the
+gradients: `vmap` evaluates all C clients as one batched computation (torch.func's
+vmap(grad(functional_call)) over the stacked parameters and padded batches), `loop` runs
+the clients one after another through the model itself (autograd, and Opacus's private
+gradients under DP-SGD). One client always takes the loop: it is the sequential path; so
+do models above VMAP_PARAMS parameters on a CPU, where batching does not pay.
+Each client draws its batches from its own generator, step by step, exactly as alone.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, jvp, vmap
 
 from fedsim.codecs import readonly_tensor
 from fedsim.config import PrivacyConfig
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Adversaries, Failures
 from fedsim.method import METHODS, FederatedMethod, Params
-from fedsim.models import ModelConfig, bind, build_model, flat_params, loss_fn
+from fedsim.models import VMAP_PARAMS, ModelConfig, bind, build_model, flat_params, loss_fn
 from fedsim.privacy.mechanisms import PrivateGradients, poisson_batches
 from fedsim.registry import load_plugins
 
@@ -56,101 +67,282 @@ class RoundSpec:
         )
 
 
-class LocalObjective:
-    """f_i(x) = mean loss over the client's examples + (l2/2)||x||^2, gradients as flat vectors.
+@dataclass(frozen=True)
+class Shard:
+    """One client's examples on the device, and its l2 coefficient."""
 
-    With `private` (DP-SGD) every data gradient is Opacus's private one, on Poisson batches.
-    """
+    inputs: Tensor
+    targets: Tensor
+    l2: float
 
-    def __init__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        l2: float,
-        classes: int,
-        private: PrivateGradients | None = None,
-    ):
-        self.model, self.inputs, self.targets, self.l2 = model, x, y, l2
+    @property
+    def n(self) -> int:
+        return len(self.targets)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One local step of a cohort: each client's example indices (None: all of them), which
+    clients take the step, and the padded form the vmap engine gathers with."""
+
+    rows: list[Tensor | None]
+    flags: list[bool]  # which clients take the step
+    sizes: list[int]  # examples in each client's batch (0 if inactive)
+    device: torch.device
+
+    @cached_property
+    def active(self) -> Tensor:
+        """[C] bool on the clients' device."""
+        return torch.tensor(self.flags, device=self.device)
+
+    @property
+    def clients(self) -> list[int]:
+        """The clients that take the step."""
+        return [c for c, on in enumerate(self.flags) if on]
+
+    def only(self, keep: Tensor) -> Batch:
+        """The same batch with the clients outside `keep` ([C] bool) inactive."""
+        flags = [a and k for a, k in zip(self.flags, keep.tolist(), strict=True)]
+        sizes = [k if a else 0 for k, a in zip(self.sizes, flags, strict=True)]
+        return Batch(self.rows, flags, sizes, self.device)
+
+    def padded(self, n: list[int], device) -> tuple[Tensor, Tensor]:
+        """[C, B] indices (padding points at example 0) and the [C, B] float mask."""
+        sizes = torch.tensor(self.sizes, device=device)
+        if all(r is None for r in self.rows):  # full batches: the first n_i examples
+            idx = torch.arange(max(n), device=device).expand(len(n), -1)
+            return idx, (idx < sizes[:, None]).to(torch.float32)
+        width = max(1, max(self.sizes))
+        if all(r is not None and k == width for r, k in zip(self.rows, self.sizes, strict=True)):
+            return torch.stack(self.rows).to(device), torch.ones(len(n), width, device=device)
+        idx = torch.zeros(len(n), width, dtype=torch.long)  # built on the host, moved once
+        for c, (r, k) in enumerate(zip(self.rows, self.sizes, strict=True)):
+            if k:
+                idx[c, :k] = torch.arange(k) if r is None else r
+        mask = torch.arange(width, device=device) < sizes[:, None]
+        return idx.to(device), mask.to(torch.float32)
+
+
+class Cohort:
+    """f_i(x_i) = mean loss over a batch of client i's examples + (l2_i/2)||x_i||^2 for C
+    clients at once; x is [C, d]. With `private` (DP-SGD) every data gradient is Opacus's
+    private one on Poisson batches (loop engine)."""
+
+    def __init__(self, model: nn.Module, shards: list[Shard], classes: int, vectorize: bool):
+        self.model, self.shards, self.classes = model, shards, classes
         self.loss = loss_fn(classes)
-        self.n = len(y)
-        self.private = private
-        self.rng: torch.Generator | None = None  # the round's generator (DP noise)
+        self.private: PrivateGradients | None = model.private
+        self.device = shards[0].inputs.device
+        self.sizes = [s.n for s in shards]
+        self.n = torch.tensor(self.sizes, dtype=torch.float64)
+        self.l2 = torch.tensor([s.l2 for s in shards], device=self.device)
+        self.regularized = any(s.l2 for s in shards)
+        small = model.flat_buffer.numel() <= VMAP_PARAMS or self.device.type == "cuda"
+        self.vmap = vectorize and len(shards) > 1 and self.private is None and small
+        self.gens: list[torch.Generator] = []
+        self.expected: list[float] = []
 
-    def batches(
-        self, batch_size: int, steps: int, gen: torch.Generator
-    ) -> Iterator[torch.Tensor | None]:
-        """The round's batches: shuffled epochs, or Poisson with rate batch_size/n under DP."""
-        self.rng = gen
-        device = self.inputs.device
-        if self.private is None:
-            yield from minibatches(self.n, batch_size, steps, gen, device)
-            return
-        q = min(1.0, batch_size / self.n) if batch_size else 1.0
-        self.expected = q * self.n
-        for idx in poisson_batches(self.n, q, steps, gen):
-            yield idx.to(device)
+    @property
+    def size(self) -> int:
+        return len(self.shards)
 
-    def load(self, received: np.ndarray) -> torch.Tensor:
-        """The received model copied into the model's reusable flat buffer on its device.
+    # -- the stacked model
+    def load(self, rows: list[np.ndarray]) -> Tensor:
+        """The received vectors as a writable [C, d] tensor on the device (one client reuses
+        the model's flat buffer: copy what you keep past the round)."""
+        if self.size == 1:
+            buffer = self.model.flat_buffer
+            buffer.copy_(readonly_tensor(rows[0]))
+            return buffer.unsqueeze(0)
+        return torch.from_numpy(np.stack(rows)).to(self.device)
 
-        Clients of one process run one after another and share this buffer: a client
-        half that keeps anything past its round must copy it (into Context.state).
-        """
-        buffer = self.model.flat_buffer
-        buffer.copy_(readonly_tensor(received))
-        return buffer
-
-    def bind(self, x: torch.Tensor) -> None:
-        """Evaluate at `x` from now on; in-place updates of `x` move the model."""
+    def bind(self, x: Tensor) -> None:
+        """Evaluate at x ([C, d]) from now on; in-place updates of x move the models."""
         self.x = x
-        self.params = bind(self.model, x)
-        self.views = [p.data for p in self.params]  # plain tensors sharing x's memory
+        self.bound = bind(self.model, x[0]) if self.size == 1 else None  # one client: once
 
-    def _grads(self, idx: torch.Tensor | None) -> tuple[float, tuple[torch.Tensor, ...]]:
-        """Data loss and per-parameter gradients on examples `idx` (all if None)."""
-        xb = self.inputs if idx is None else self.inputs[idx]
-        yb = self.targets if idx is None else self.targets[idx]
-        if self.private is not None:
-            value, grads = self.private(self.loss, xb, yb, self.expected, self.rng)
+    # -- batches
+    def batches(self, batch_size: int, steps: int | list[int], gens) -> Iterator[Batch]:
+        """Each client's batches for the round, drawn step by step from its own generator:
+        shuffled epochs (an epoch's last batch holds the remainder), or Poisson batches with
+        rate batch_size/n_i under DP-SGD. Client i takes steps[i] steps; the cohort takes the
+        longest, the others inactive."""
+        self.gens = list(gens)
+        counts = steps if isinstance(steps, list) else [steps] * self.size
+        if self.private is None:
+            streams = [
+                minibatches(n, batch_size, k, g)
+                for n, k, g in zip(self.sizes, counts, self.gens, strict=True)
+            ]
         else:
-            loss = self.loss(self.model(xb), yb)
-            grads = torch.autograd.grad(loss, self.params)
-            value = float(loss.detach())
-        if self.l2:
-            value += 0.5 * self.l2 * float(self.x.dot(self.x))
+            rates = [min(1.0, batch_size / n) if batch_size else 1.0 for n in self.sizes]
+            self.expected = [q * n for q, n in zip(rates, self.sizes, strict=True)]
+            streams = [
+                poisson_batches(n, q, k, g)
+                for n, q, k, g in zip(self.sizes, rates, counts, self.gens, strict=True)
+            ]
+        for step in range(max(counts, default=0)):
+            rows, active = [], []
+            for stream, k in zip(streams, counts, strict=True):
+                active.append(step < k)
+                rows.append(next(stream) if step < k else None)
+            yield self._batch(rows, active)
+
+    def all(self) -> Batch:
+        """Every example of every client."""
+        return self._batch([None] * self.size, [True] * self.size)
+
+    def _batch(self, rows: list, active: list[bool]) -> Batch:
+        sizes = [
+            0 if not a else (n if r is None else len(r))
+            for r, a, n in zip(rows, active, self.sizes, strict=True)
+        ]
+        return Batch(rows, active, sizes, self.device)
+
+    def work(self, batch: Batch) -> Tensor:
+        """Examples each client processed in this step."""
+        return torch.tensor(batch.sizes, dtype=torch.float64)
+
+    # -- gradients
+    def loss_grad(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """([C] losses, [C, d] gradients) of the active clients on their batch (zeros for
+        the others)."""
+        reg = self._regularizer(batch)
+        if self.vmap:
+            data, g = self._vmap_grads(batch)
+            if self.regularized:
+                g.add_(self.x * self.l2[:, None])
+        else:
+            data, grads = self._loop_grads(batch)
+            g = torch.zeros_like(self.x)
+            for c, parts in grads.items():
+                g[c] = torch.cat([p.reshape(-1) for p in parts])
+                if self.shards[c].l2:
+                    g[c].add_(self.x[c], alpha=self.shards[c].l2)
+        return losses(data, reg, batch.flags), g
+
+    def sgd_step(self, batch: Batch, lr: float) -> Tensor:
+        """x_i <- x_i - lr grad f_i(x_i) for the active clients, in place; their losses."""
+        if self.vmap:
+            value, g = self.loss_grad(batch)  # zero for inactive clients
+            self.x.add_(g, alpha=-lr)
+            return value
+        reg = self._regularizer(batch)
+        data, grads = self._loop_grads(batch)
+        for c, parts in grads.items():  # without building the flat gradient
+            if self.shards[c].l2:
+                self.x[c].mul_(1.0 - lr * self.shards[c].l2)
+            torch._foreach_add_([p.data for p in self._params(c)], list(parts), alpha=-lr)
+        return losses(data, reg, batch.flags)
+
+    def _regularizer(self, batch: Batch) -> list[float]:
+        """(l2_i/2)||x_i||^2 of each client, before the step."""
+        if not self.regularized:
+            return [0.0] * self.size
+        return [
+            0.5 * s.l2 * float(self.x[c].dot(self.x[c])) if s.l2 and batch.flags[c] else 0.0
+            for c, s in enumerate(self.shards)
+        ]
+
+    def hessian_vector(self, batch: Batch, v: Tensor) -> Tensor:
+        """H_i v_i for the Hessian of f_i at x_i on the batch ([C, d])."""
+        if self.vmap:
+            idx, mask = batch.padded(self.sizes, self.device)
+            xb, yb = self._gather(idx)
+
+            def hvp(x, vi, xi, yi, mi):
+                g = lambda z: torch.func.grad(self._masked_loss)(z, xi, yi, mi)  # noqa: E731
+                return jvp(g, (x,), (vi,))[1]
+
+            out = vmap(hvp)(self.x, v, xb, yb, mask)
+        else:
+            out = torch.zeros_like(v)
+            for c in batch.clients:
+                params = self._params(c)
+                xb, yb = self._rows(c, batch.rows[c])
+                grads = torch.autograd.grad(
+                    self.loss(self.model(xb), yb), params, create_graph=True
+                )
+                g = torch.cat([gr.reshape(-1) for gr in grads])
+                hv = torch.autograd.grad(g @ v[c], params)
+                out[c] = torch.cat([h.reshape(-1) for h in hv]).detach()
+        return (out + self.l2[:, None] * v) * batch.active[:, None]
+
+    # -- the loop engine: each client through the model itself
+    def _rows(self, c: int, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        s = self.shards[c]
+        if idx is None:
+            return s.inputs, s.targets
+        idx = idx.to(self.device)
+        return s.inputs[idx], s.targets[idx]
+
+    def _params(self, c: int) -> list[nn.Parameter]:
+        """The model bound to client c's row of x."""
+        return self.bound if self.bound is not None else bind(self.model, self.x[c])
+
+    def _loop_grads(self, batch: Batch) -> tuple[list[float], dict[int, tuple[Tensor, ...]]]:
+        value = [0.0] * self.size
+        grads = {}
+        for c in batch.clients:
+            params = self._params(c)
+            xb, yb = self._rows(c, batch.rows[c])
+            if self.private is not None:
+                loss, grads[c] = self.private(self.loss, xb, yb, self.expected[c], self.gens[c])
+            else:
+                out = self.loss(self.model(xb), yb)
+                grads[c] = torch.autograd.grad(out, params)
+                loss = float(out.detach())
+            value[c] = loss
         return value, grads
 
-    def loss_grad(self, idx: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """Loss and flat gradient of f_i on the examples `idx` (all examples if None)."""
-        value, grads = self._grads(idx)
-        g = torch.cat([gr.reshape(-1) for gr in grads])
-        if self.l2:
-            g.add_(self.x, alpha=self.l2)
-        return value, g
+    # -- the vmap engine: all clients as one batched computation
+    @cached_property
+    def _padded(self) -> tuple[Tensor, Tensor]:
+        width = max(self.sizes)
+        x = torch.zeros(self.size, width, *self.shards[0].inputs.shape[1:], device=self.device)
+        y = torch.zeros(self.size, width, dtype=self.shards[0].targets.dtype, device=self.device)
+        for c, s in enumerate(self.shards):
+            x[c, : s.n], y[c, : s.n] = s.inputs, s.targets
+        return x, y
 
-    def hessian_vector(self, idx: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
-        """H v for the Hessian of f_i at x on examples `idx`, by double backward."""
-        xb = self.inputs if idx is None else self.inputs[idx]
-        yb = self.targets if idx is None else self.targets[idx]
-        grads = torch.autograd.grad(self.loss(self.model(xb), yb), self.params, create_graph=True)
-        g = torch.cat([gr.reshape(-1) for gr in grads])
-        hv = torch.autograd.grad(g @ v, self.params)
-        return torch.cat([h.reshape(-1) for h in hv]).detach() + self.l2 * v
+    def _gather(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x, y = self._padded
+        rows = torch.arange(self.size, device=self.device)[:, None]
+        return x[rows, idx], y[rows, idx]
 
-    def sgd_step(self, idx: torch.Tensor | None, lr: float) -> float:
-        """x <- x - lr * grad f_i(x) in place, without building the flat gradient; the loss."""
-        value, grads = self._grads(idx)
-        if self.l2:
-            self.x.mul_(1.0 - lr * self.l2)
-        torch._foreach_add_(self.views, grads, alpha=-lr)
-        return value
+    @cached_property
+    def _layout(self) -> list[tuple[str, torch.Size, int]]:
+        return [(name, p.shape, p.numel()) for name, p in self.model.named_parameters()]
+
+    def _masked_loss(self, x: Tensor, xb: Tensor, yb: Tensor, mask: Tensor) -> Tensor:
+        params, offset = {}, 0
+        for name, shape, size in self._layout:
+            params[name] = x[offset : offset + size].view(shape)
+            offset += size
+        per_example = self.loss(functional_call(self.model, params, (xb,)), yb, reduction="none")
+        return (per_example * mask).sum() / mask.sum().clamp(min=1.0)
+
+    def _vmap_grads(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        idx, mask = batch.padded(self.sizes, self.device)
+        xb, yb = self._gather(idx)
+        g, value = vmap(grad_and_value(self._masked_loss))(self.x, xb, yb, mask)
+        if not all(batch.flags):
+            g.mul_(batch.active[:, None])
+        return value.tolist(), g
+
+
+def losses(data: list[float], reg: list[float], flags: list[bool]) -> Tensor:
+    """[C] float64: each active client's data loss plus its regularizer, 0 for the others."""
+    return torch.tensor(
+        [d + r if on else 0.0 for d, r, on in zip(data, reg, flags, strict=True)],
+        dtype=torch.float64,
+    )
 
 
 def minibatches(
-    n: int, batch_size: int, steps: int, gen: torch.Generator, device: torch.device
-) -> Iterator[torch.Tensor | None]:
-    """`steps` index batches from consecutive shuffled epochs (None = full batch).
+    n: int, batch_size: int, steps: int, gen: torch.Generator
+) -> Iterator[Tensor | None]:
+    """`steps` index batches (on the host) from consecutive shuffled epochs (None = full batch).
 
     An epoch's last batch holds the remainder, so E epochs visit every example E times.
     """
@@ -162,7 +354,7 @@ def minibatches(
     for _ in range(steps):
         if pos >= n:
             perm, pos = torch.randperm(n, generator=gen), 0
-        yield perm[pos : pos + batch_size].to(device)
+        yield perm[pos : pos + batch_size]
         pos += batch_size
 
 
@@ -181,11 +373,25 @@ def _model(model_json: str, in_features: int, classes: int, device: str, dp: str
 
 
 @lru_cache(maxsize=1024)
-def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
-    """The local objective of a partition (data and model loaded once per process)."""
+def shard_for(spec_text: str, partition_id: int) -> Shard:
+    """A partition's examples on the device (loaded once per process)."""
+    spec = RoundSpec.parse(spec_text)
+    x, y, l2 = client_data(spec.data, spec.seed, partition_id)
+    dev = spec.device
+    return Shard(torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev), float(l2))
+
+
+def cohort_for(spec_text: str, partitions: list[int], vectorize: bool = False) -> Cohort:
+    """The cohort of these partitions under the round's spec (model and data cached). One
+    client's cohort is kept for the next round, as the sequential path meets the same
+    clients again; a batched cohort (holding its padded examples) only briefly."""
+    key = (spec_text, tuple(partitions), vectorize)
+    return _single(*key) if len(partitions) == 1 else _batched(*key)
+
+
+def _cohort(spec_text: str, partitions: tuple[int, ...], vectorize: bool) -> Cohort:
     spec = RoundSpec.parse(spec_text)
     ds = load_dataset(spec.data, spec.seed)
-    x, y, l2 = client_data(spec.data, spec.seed, partition_id)
     priv = spec.privacy
     dp = ""
     if priv.mechanism == "dp_sgd":
@@ -193,6 +399,9 @@ def objective_for(spec_text: str, partition_id: int) -> LocalObjective:
     model = _model(
         spec.model.model_dump_json(), ds.x_train.shape[1], ds.num_classes, spec.device, dp
     )
-    tx = torch.as_tensor(x, device=spec.device)
-    ty = torch.as_tensor(y, device=spec.device)
-    return LocalObjective(model, tx, ty, float(l2), ds.num_classes, model.private)
+    shards = [shard_for(spec_text, pid) for pid in partitions]
+    return Cohort(model, shards, ds.num_classes, vectorize)
+
+
+_single = lru_cache(maxsize=1024)(_cohort)
+_batched = lru_cache(maxsize=2)(_cohort)

@@ -59,13 +59,27 @@ def unpack(a: Array) -> np.ndarray:
     """A read-only view of the array inside `a` (no copy)."""
     if a.stype != NPY_STYPE:
         raise TypeError(f"cannot read array of serialization type {a.stype!r}")
-    head = io.BytesIO(a.data)
-    version = np.lib.format.read_magic(head)
-    if version != (1, 0):
+    header = _header(bytes(a.data[:NPY_HEADER]))
+    if header is None:
         return a.numpy()
-    shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    flat = np.frombuffer(a.data, dtype=dtype, offset=head.tell())
+    shape, fortran, dtype = header
+    flat = np.frombuffer(a.data, dtype=dtype, offset=NPY_HEADER)
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+@functools.lru_cache(maxsize=256)
+def _header(head: bytes) -> tuple | None:
+    """(shape, fortran order, dtype) of a version 1.0 .npy header of exactly NPY_HEADER bytes
+    (what `pack` writes for 1-D arrays); None for any other layout. Parsed once per header:
+    NumPy's parser evaluates the header text."""
+    stream = io.BytesIO(head)
+    if np.lib.format.read_magic(stream) != (1, 0):
+        return None
+    try:
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+    except ValueError:  # a longer header (more dimensions): not this fast path
+        return None
+    return (shape, fortran, dtype) if stream.tell() == NPY_HEADER else None
 
 
 def readonly_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -429,9 +443,11 @@ def codec(spec: str) -> Codec:
 
 def roundtrip(v: torch.Tensor, spec: str) -> torch.Tensor:
     """decode(encode(v)) on v's device: what a receiver of v in format `spec` holds
-    (`spec` deterministic)."""
+    (`spec` deterministic); for a [C, d] tensor, of each row."""
     c = codec(spec)
-    return torch.from_numpy(np.array(c.decode(c.encode(v.detach().cpu().numpy())))).to(v.device)
+    rows = v.detach().cpu().numpy().reshape(-1, v.shape[-1])
+    out = np.stack([c.decode(c.encode(row)) for row in rows]).reshape(v.shape)
+    return torch.from_numpy(out).to(v.device)
 
 
 def with_feedback(

@@ -109,6 +109,12 @@ class Scenario(BaseModel):
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     runtime: Literal["inprocess", "simulation", "deployment"] = "inprocess"
+    execution: Literal["auto", "vectorized", "sequential"] = Field(
+        "auto", description="in-process: a round's clients as batched cohorts, or one by one"
+    )
+    cohort_memory_gb: float | None = Field(
+        None, gt=0, description="memory a batched cohort may use (default: RAM/4, free GPU/2)"
+    )
     device: str = "cpu"
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0: none)")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -278,6 +284,16 @@ def check_supported(method: Method, scenario: Scenario) -> None:
             f"algorithm.aggregation: {a.aggregation!r} with privacy.mechanism 'dp_fedavg':"
             " the noise is calibrated to a clipped sum (use 'mean')"
         )
+    if scenario.execution == "vectorized":
+        why = None
+        if scenario.runtime != "inprocess":
+            why = f"runtime {scenario.runtime!r} runs each client in its own ClientApp"
+        elif mech == "dp_sgd":
+            why = "privacy.mechanism 'dp_sgd' runs client by client (Opacus)"
+        elif not sup.vectorized:
+            why = f"{by} has no batched client round"
+        if why:
+            raise ValueError(f"execution: 'vectorized' is not possible: {why} (use 'auto')")
     if system.policy == "fedbuff" and mech == "dp_fedavg":
         raise ValueError(
             "privacy.mechanism: 'dp_fedavg' with system.policy 'fedbuff': the accountant"

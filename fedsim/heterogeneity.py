@@ -10,6 +10,7 @@ replies that count. Every random draw derives from (seed, client, round, stream)
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -116,7 +117,12 @@ class Adversaries(BaseModel):
 
 def adversaries_of(a: Adversaries, n: int, seed: int) -> frozenset[int]:
     """The attacking partitions (the same set on the server and on every client)."""
-    k = round(a.fraction * n)
+    return _adversaries(a.fraction, n, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _adversaries(fraction: float, n: int, seed: int) -> frozenset[int]:
+    k = round(fraction * n)
     rng = np.random.default_rng(derive_seed(seed, ADVERSARY_STREAM))
     return frozenset(rng.permutation(n)[:k].tolist())
 
@@ -207,6 +213,13 @@ class Profiles:
                 )
         return out
 
+    def available_partitions(self, server_round: int, now: float) -> range | np.ndarray:
+        """The partitions that can be selected, in increasing order (a range when all can:
+        nothing per client is made for a population of millions)."""
+        if self.cfg.availability.kind == "always":
+            return range(self.n)
+        return np.flatnonzero(self.available(server_round, now))
+
     def available(self, server_round: int, now: float) -> np.ndarray:
         """Boolean mask over clients: who can be selected in this round, at sim time `now`."""
         a = self.cfg.availability
@@ -250,6 +263,8 @@ class InjectedFailure(RuntimeError):
 
 def failure_of(f: Failures, seed: int, server_round: int, pid: int) -> str | None:
     """The injected failure of one client in one round; the ClientApp and server agree on it."""
+    if not (f.raise_p or f.timeout_p or f.vanish_p):
+        return None  # no coin to draw (each client's coin is its own stream: nothing shifts)
     u = np.random.default_rng(derive_seed(seed, server_round, pid, FAILURE_STREAM)).random()
     for kind, p in (("raise", f.raise_p), ("timeout", f.timeout_p), ("vanish", f.vanish_p)):
         if u < p:

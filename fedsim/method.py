@@ -5,8 +5,13 @@ and server state, and a few pure steps over flat float32 tensors, in the shape o
     server_init(p, x0, n, seed)           -> S           the server's state (S.x: the model)
     broadcast(p, s, round)                -> S, Downlink what every sampled client is sent
     personalize(p, s, round, pid, down)   -> Downlink    per-client changes (default: none)
-    client_round(p, down, c, f, rng)      -> Upload, C   one client's local work
+    client_init(p, down)                  -> C           a client's state before its first round
+    client_round(p, down, c, f, rngs)     -> Upload, C   the local work of a cohort of clients
     server_step(p, s, agg, round)         -> S | None    the new state (None: a void round)
+
+A client round runs for a cohort: every tensor it gets and returns has a leading client
+dimension (one client is a cohort of one), so the same code runs client after client or as
+one batched computation (clients.objective).
 
 A method declares what it supports (`Supports`) and what it costs (`planned_grad_evals`);
 loading a scenario refuses any other combination. The units live in `fedsim.methods`; one
@@ -70,6 +75,7 @@ class Supports:
     privacy: frozenset[str] = frozenset(MECHANISMS)
     aggregation: frozenset[str] = frozenset({"mean"})
     resume: frozenset[str] = frozenset({"inprocess", "simulation"})  # runtimes that resume it
+    vectorized: bool = True  # its client round runs a cohort as one batched computation
 
 
 @dataclass(frozen=True)
@@ -85,28 +91,30 @@ class Downlink:
 
 @dataclass(frozen=True)
 class Received:
-    """A Downlink as the client reads it: the vector as a writable tensor on the client's
-    device (a buffer reused between clients: copy what you keep), side arrays there too."""
+    """A Downlink as a cohort of C clients reads it: the vectors as a writable [C, d] tensor
+    on the clients' device (possibly a reused buffer: copy what you keep), side arrays
+    [C, ...] there too, the round's settings and which partitions the rows are."""
 
     vector: Tensor
     extra: dict[str, Tensor]
     config: dict[str, Any]
     round: int
-    partition: int
+    partitions: list[int]
     seed: int
 
 
 @dataclass(frozen=True)
 class Upload:
-    """A client's reply: the vector it sends (what an adversary corrupts and the `local`
-    mechanism noises) in a wire format, its weight in the average, float32 side arrays,
-    and what it did."""
+    """A cohort's replies: the vectors they send ([C, k]: what an adversary corrupts and the
+    `local` mechanism noises) in a wire format, float32 side arrays [C, ...], and per client
+    ([C]) the mean loss, gradient evaluations (one per local step), examples processed (for
+    the simulated clock) and the weight in the average."""
 
     vector: Tensor
-    loss: float
-    grad_evals: int  # gradient evaluations (one per local step)
-    work: int  # training examples processed, for the simulated clock
-    weight: float = 1.0
+    loss: Tensor
+    grad_evals: Tensor
+    work: Tensor
+    weight: Tensor | float = 1.0
     codec: str = "fp32"
     extra: dict[str, Tensor] = field(default_factory=dict)
 
@@ -124,15 +132,19 @@ class Aggregate:
 
 
 class Oracle(Protocol):
-    """A client's local objective f_i over a flat vector (fedsim.clients.objective)."""
+    """The local objectives f_i of a cohort over stacked flat vectors [C, d]
+    (fedsim.clients.objective.Cohort): per-client values and gradients of active clients."""
 
-    n: int  # examples
+    n: Tensor  # [C] examples per client
+    sizes: list[int]
 
     def bind(self, x: Tensor) -> None: ...
-    def batches(self, batch_size: int, steps: int, gen: torch.Generator) -> Iterator: ...
-    def loss_grad(self, idx=None) -> tuple[float, Tensor]: ...
-    def sgd_step(self, idx, lr: float) -> float: ...
-    def hessian_vector(self, idx, v: Tensor) -> Tensor: ...
+    def batches(self, batch_size: int, steps: int | list[int], gens) -> Iterator: ...
+    def all(self) -> Any: ...
+    def work(self, batch: Any) -> Tensor: ...
+    def loss_grad(self, batch: Any) -> tuple[Tensor, Tensor]: ...
+    def sgd_step(self, batch: Any, lr: float) -> Tensor: ...
+    def hessian_vector(self, batch: Any, v: Tensor) -> Tensor: ...
 
 
 P = TypeVar("P", bound=Params)
@@ -180,11 +192,15 @@ class FederatedMethod(Method, ABC, Generic[P, C, S]):
         """What client `pid` is sent instead of the broadcast (default: the broadcast)."""
         return down
 
+    def client_init(self, p: P, down: Received) -> C | None:
+        """The cohort's state before each client's first round (stateless methods: None)."""
+        return None
+
     @abstractmethod
     def client_round(
-        self, p: P, down: Received, c: C | None, f: Oracle, rng: torch.Generator
+        self, p: P, down: Received, c: C | None, f: Oracle, rngs: list[torch.Generator]
     ) -> tuple[Upload, C | None]:
-        """One client's round: its reply and its new state (None before its first round)."""
+        """A cohort's round: its replies and its new state."""
 
     @abstractmethod
     def server_step(self, p: P, s: S, agg: Aggregate, rnd: int) -> S | None:
@@ -201,6 +217,26 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 # ---------------------------------------------------------------- state as arrays and numbers
+
+
+def state_row(state: Any, c: int) -> Any:
+    """Client c's state out of a cohort's stacked state (tensors [C, ...]; numbers [C])."""
+    rows = {}
+    for f in dataclasses.fields(state):
+        v = getattr(state, f.name)
+        if isinstance(v, Tensor):
+            v = int(v[c]) if f.type == "int" else v[c]
+        rows[f.name] = v
+    return type(state)(**rows)
+
+
+def overlay(stacked: Any, c: int, row: Any) -> Any:
+    """The stacked state with client c's row replaced by `row` (in place; returns it)."""
+    for f in dataclasses.fields(stacked):
+        v, r = getattr(stacked, f.name), getattr(row, f.name)
+        if isinstance(v, Tensor) and r is not None:
+            v[c] = r
+    return stacked
 
 
 def state_to_parts(state: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -89,15 +89,17 @@ def local_steps(p: LocalSGDParams, n: int) -> int:
     return p.local_epochs * math.ceil(n / (p.batch_size or n))
 
 
-def sgd(f: Oracle, x: Tensor, p: LocalSGDParams, rng: torch.Generator) -> tuple[float, int, int]:
-    """The round's local SGD steps on x in place: (mean loss, steps, examples processed)."""
+def sgd(f: Oracle, x: Tensor, p: LocalSGDParams, rngs) -> tuple[Tensor, Tensor, Tensor]:
+    """The round's local SGD steps on x ([C, d]) in place; per client: mean loss, steps,
+    examples processed."""
     f.bind(x)
-    steps = local_steps(p, f.n)
-    total, work = 0.0, 0
-    for idx in f.batches(p.batch_size, steps, rng):
-        total += f.sgd_step(idx, p.client_lr)
-        work += f.n if idx is None else len(idx)
-    return total / max(steps, 1), steps, work
+    steps = [local_steps(p, n) for n in f.sizes]
+    total = work = torch.zeros(len(steps), dtype=torch.float64)
+    for batch in f.batches(p.batch_size, steps, rngs):
+        total = total + f.sgd_step(batch, p.client_lr)
+        work = work + f.work(batch)
+    count = torch.tensor(steps, dtype=torch.float64)
+    return total / count.clamp(min=1), count, work
 
 
 @dataclass(frozen=True)
@@ -134,11 +136,15 @@ class LocalSGD(FederatedMethod[LocalSGDParams, ClientState, ServerState]):
         x = s.x if p.downlink == "fp32" else roundtrip(s.x, p.downlink)
         return replace(s, x=x), Downlink(x, codec=p.downlink)
 
-    def client_round(self, p, down: Received, c, f, rng):
+    def client_init(self, p, down):
+        return ClientState(torch.zeros_like(down.vector)) if p.error_feedback else None
+
+    def client_round(self, p, down: Received, c, f, rngs):
         x0 = down.vector.clone()
-        loss, steps, work = sgd(f, down.vector, p, rng)
+        loss, steps, work = sgd(f, down.vector, p, rngs)
         sent, e = compressed(p, x0 - down.vector, None if c is None else c.e)
-        return Upload(sent, loss, steps, work, weight=f.n, codec=p.uplink), ClientState(e)
+        upload = Upload(sent, loss, steps, work, weight=f.n, codec=p.uplink)
+        return upload, None if e is None else ClientState(e)
 
     def server_step(self, p, s, agg: Aggregate, rnd):
         return ServerState(s.x - p.server_lr * agg.vector)

@@ -8,6 +8,7 @@ from the round's model x; the server aggregates as FedAvg. mu = 0 is FedAvg exac
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field
 
 from fedsim.method import Upload, register
@@ -25,16 +26,17 @@ class FedProx(FedAvg):
     doc = "FedProx: FedAvg's local steps on f_i + (mu/2)||w - x||^2"
     params = FedProxParams
 
-    def client_round(self, p, down, c, f, rng):
+    def client_round(self, p, down, c, f, rngs):
         w, x = down.vector, down.vector.clone()
         f.bind(w)
-        steps = local_steps(p, f.n)
-        total, work = 0.0, 0
-        for idx in f.batches(p.batch_size, steps, rng):
+        steps = [local_steps(p, n) for n in f.sizes]
+        total = work = torch.zeros(len(steps), dtype=torch.float64)
+        for batch in f.batches(p.batch_size, steps, rngs):
             pull = (w - x).mul_(p.client_lr * p.mu)  # the proximal gradient, taken at w
-            total += f.sgd_step(idx, p.client_lr)
-            w.sub_(pull)
-            work += f.n if idx is None else len(idx)
+            total = total + f.sgd_step(batch, p.client_lr)
+            w.sub_(pull * batch.active[:, None])
+            work = work + f.work(batch)
         sent, e = compressed(p, x - w, None if c is None else c.e)
-        upload = Upload(sent, total / max(steps, 1), steps, work, weight=f.n, codec=p.uplink)
-        return upload, ClientState(e)
+        count = torch.tensor(steps, dtype=torch.float64)
+        upload = Upload(sent, total / count.clamp(min=1), count, work, f.n, p.uplink)
+        return upload, None if e is None else ClientState(e)

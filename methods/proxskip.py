@@ -109,8 +109,8 @@ def skip_operator(gen: torch.Generator, q: float, d: int, k: int) -> tuple[bool,
 
 @dataclass(frozen=True)
 class ClientState:
-    h_hat: Tensor  # h_hat_i of the client's last applied round
-    x_hat: Tensor  # x_hat_i it sent in that round
+    h_hat: Tensor  # h_hat_i of the client's last applied round (0 before any)
+    x_hat: Tensor  # x_hat_i it sent in that round (the model before any)
     round: int
 
 
@@ -121,19 +121,18 @@ class ServerState:
     seed: int
 
 
-def start_of_round(p: ProxSkipParams, down: Received, c: ClientState | None) -> Tensor:
-    """Set down.vector to x_i and return h_i. c is from the last applied round, whose average is
-    down.vector (every client takes part in every applied round)."""
-    if c is None:
-        return torch.zeros_like(down.vector)
+def start_of_round(p: ProxSkipParams, down: Received, c: ClientState) -> Tensor:
+    """Set down.vector to each x_i and return each h_i ([C, d]). c is from the last applied
+    round, whose average is down.vector (every client takes part in every applied round)."""
+    d = down.vector.shape[1]
     if p.comm_density < 1:  # only S was averaged: the rest of x_i is the client's own
         mine = c.x_hat.clone()
-        idx = communicated(p, down.vector.numel(), down.seed, c.round)
-        mine[idx] = down.vector[idx]
+        for r in c.round.unique().tolist():
+            rows = (c.round == r).nonzero()
+            idx = torch.from_numpy(communicated(p, d, down.seed, r))
+            mine[rows, idx] = down.vector[rows, idx]
         down.vector.copy_(mine)
-    return c.h_hat.clone().add_(
-        down.vector - c.x_hat, alpha=1.0 / consensus_step(p, c.x_hat.numel())
-    )
+    return c.h_hat.clone().add_(down.vector - c.x_hat, alpha=1.0 / consensus_step(p, d))
 
 
 THEORY = {"client_lr": "1/L", "p": "1/sqrt(kappa)", "q": "theory"}
@@ -157,35 +156,51 @@ class ProxSkip(FederatedMethod[ProxSkipParams, ClientState, ServerState]):
         q = p.q if isinstance(p.q, list) else [p.q] * s.num_clients
         return s, Downlink(s.x, config={"local_steps": round_length(p.p, s.seed, rnd), "q": q})
 
-    def client_round(self, p, down, c, f, rng):
-        gamma, d = p.client_lr, down.vector.numel()
-        q = float(down.config["q"][down.partition])
+    def client_init(self, p, down):
+        """h = 0 and x_hat = x: h_hat + (x - x_hat) / tau is then exactly 0."""
+        rounds = torch.zeros(len(down.partitions), dtype=torch.long)
+        return ClientState(torch.zeros_like(down.vector), down.vector.clone(), rounds)
+
+    def client_round(self, p, down, c, f, rngs):
+        gamma, (n, d) = p.client_lr, down.vector.shape
+        q = [float(down.config["q"][pid]) for pid in down.partitions]
         k = max(1, round(p.skip_density * d))
         x0 = down.vector.clone()  # the server's model: what the delta is taken from
         h = start_of_round(p, down, c)
         x = down.vector
         f.bind(x)
-        total, computed, work, frozen = 0.0, 0, 0, False
-        for idx in f.batches(p.batch_size, int(down.config["local_steps"]), rng):
-            if frozen:  # x_hat = x and h_hat = grad f_i(x): nothing moves, nothing to compute
+        total = computed = work = torch.zeros(n, dtype=torch.float64)
+        frozen = torch.zeros(n, dtype=torch.bool)
+        for batch in f.batches(p.batch_size, int(down.config["local_steps"]), rngs):
+            batch = batch.only(~frozen)  # frozen: x_hat = x, h_hat = grad f_i(x), no compute
+            if not any(batch.flags):
                 continue
-            loss, g = f.loss_grad(idx)
-            total, computed = total + loss, computed + 1
-            work += f.n if idx is None else len(idx)
-            eta, mask = skip_operator(rng, q, d, k)
-            if not eta:
-                h, frozen = g, True
-            elif mask is None:
-                x.add_(g - h, alpha=-gamma)  # x_hat = x - gamma (grad - h)
-            else:
-                x[mask] -= gamma * (g[mask] - h[mask])
-                g[mask] = h[mask]  # h_hat: h_i on M_i, the fresh gradient elsewhere
-                h = g
-        state = ClientState(h.clone(), x.clone(), down.round)
+            loss, g = f.loss_grad(batch)
+            active = batch.flags
+            total, computed, work = (
+                total + loss,
+                computed + torch.tensor(active),
+                work + f.work(batch),
+            )
+            draws = [skip_operator(rngs[i], q[i], d, k) if active[i] else None for i in range(n)]
+            stop = torch.tensor([o is not None and not o[0] for o in draws])
+            frozen |= stop
+            stop = stop.to(x.device)
+            h = torch.where(stop[:, None], g, h)  # eta_i = 0: h_hat = grad, stop computing
+            moving = batch.active & ~stop
+            if k == d:  # x_hat = x - gamma (grad - h)
+                x.add_((g - h) * moving[:, None], alpha=-gamma)
+                continue
+            mask = torch.zeros(n, d, dtype=torch.bool, device=x.device)
+            for i in moving.nonzero().flatten().tolist():
+                mask[i, draws[i][1].to(x.device)] = True
+            x.sub_(gamma * (g - h) * mask)  # only M_i moves
+            h = torch.where(mask | ~moving[:, None], h, g)  # h_hat: h_i on M_i, grad elsewhere
+        state = ClientState(h.clone(), x.clone(), torch.full((n,), down.round))
         delta = x0 - (x - consensus_step(p, d) * h)  # the server averages x_hat - tau h_hat
         idx = communicated(p, d, down.seed, down.round)
-        delta = delta if idx is None else delta[idx]
-        return Upload(delta, total / max(computed, 1), computed, work), state
+        delta = delta if idx is None else delta[:, idx]
+        return Upload(delta, total / computed.clamp(min=1), computed, work), state
 
     def server_step(self, p, s, agg: Aggregate, rnd):
         """x <- prox_{tau R}(mean_i (x_hat_i - tau h_hat_i)) on the communicated coordinates;

@@ -58,25 +58,27 @@ class Scaffold(FederatedMethod[ScaffoldParams, ClientState, ServerState]):
     def broadcast(self, p, s, rnd):
         return s, Downlink(s.x, extra={CONTROL: s.c})
 
-    def client_round(self, p, down, c, f, rng):
+    def client_init(self, p, down):
+        return ClientState(torch.zeros_like(down.vector))
+
+    def client_round(self, p, down, c, f, rngs):
         y, x, c_server = down.vector, down.vector.clone(), down.extra[CONTROL]
-        c_i = torch.zeros_like(x) if c is None else c.c
-        correction = c_server - c_i
+        correction = c_server - c.c
         f.bind(y)
-        total, work = 0.0, 0
-        for idx in f.batches(p.batch_size, p.local_steps, rng):
-            loss, g = f.loss_grad(idx)
+        total = work = torch.zeros(len(rngs), dtype=torch.float64)
+        for batch in f.batches(p.batch_size, p.local_steps, rngs):
+            loss, g = f.loss_grad(batch)
             y.add_(g + correction, alpha=-p.client_lr)
-            total, work = total + loss, work + (f.n if idx is None else len(idx))
-        evals = p.local_steps
+            total, work = total + loss, work + f.work(batch)
+        evals = torch.full_like(total, p.local_steps)
         if p.option == "I":
             f.bind(x.clone())
-            _, c_new = f.loss_grad(None)
+            _, c_new = f.loss_grad(f.all())
             evals, work = evals + 1, work + f.n
         else:
-            c_new = c_i - c_server + (x - y) / (p.local_steps * p.client_lr)
+            c_new = c.c - c_server + (x - y) / (p.local_steps * p.client_lr)
         upload = Upload(
-            x - y, total / p.local_steps, evals, work, extra={CONTROL_DELTA: c_new - c_i}
+            x - y, total / p.local_steps, evals, work, extra={CONTROL_DELTA: c_new - c.c}
         )
         return upload, ClientState(c_new)
 

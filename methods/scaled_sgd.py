@@ -39,13 +39,14 @@ def precondition(v: Tensor, kind: str, alpha: float) -> Tensor:
     return torch.clamp(v.abs() if kind == "oasis" else v.clamp(min=0).sqrt(), min=alpha)
 
 
-def statistic(p: ScaledParams, f, x: Tensor, rng: torch.Generator) -> Tensor:
+def statistic(p: ScaledParams, f, x: Tensor, rngs) -> Tensor:
     """s at the round's start point, on one minibatch (full batch when batch_size is 0)."""
-    (idx,) = f.batches(p.batch_size, 1, rng)
+    (batch,) = f.batches(p.batch_size, 1, rngs)
     if p.preconditioner == "oasis":
-        z = torch.randint(0, 2, x.shape, generator=rng).to(x) * 2 - 1
-        return z * f.hessian_vector(idx, z)
-    _, g = f.loss_grad(idx)
+        z = torch.stack([torch.randint(0, 2, x.shape[1:], generator=g) for g in rngs])
+        z = z.to(x) * 2 - 1
+        return z * f.hessian_vector(batch, z)
+    _, g = f.loss_grad(batch)
     return g * g
 
 
@@ -79,34 +80,44 @@ class ScaledLocalSGD(LocalSGD):
         d = torch.ones_like(s.x) if s.d is None else s.d
         return s, Downlink(down.vector, down.codec, extra={PRECONDITIONER: d})
 
-    def client_round(self, p, down, c, f, rng):
+    def client_init(self, p, down):
+        local = p.variant == "local" and p.preconditioner != "none"
+        v = torch.zeros_like(down.vector) if local else None
+        e = torch.zeros_like(down.vector) if p.error_feedback else None
+        return None if v is None and e is None else ClientState(v, e)
+
+    def client_round(self, p, down, c, f, rngs):
         x, x0 = down.vector, down.vector.clone()
+        e = None if c is None else c.e
         if p.preconditioner == "none":  # exactly Local SGD's steps
-            loss, steps, work = sgd(f, x, p, rng)
-            sent, e = compressed(p, x0 - x, None if c is None else c.e)
-            return Upload(sent, loss, steps, work, weight=f.n, codec=p.uplink), ClientState(e=e)
+            loss, steps, work = sgd(f, x, p, rngs)
+            sent, e = compressed(p, x0 - x, e)
+            upload = Upload(sent, loss, steps, work, weight=f.n, codec=p.uplink)
+            return upload, None if e is None else ClientState(e=e)
         f.bind(x)
-        s = statistic(p, f, x, rng)
+        s = statistic(p, f, x, rngs)
         d = down.extra[PRECONDITIONER]
-        v = None
-        if p.variant == "local":
-            v = torch.zeros_like(x) if c is None or c.v is None else c.v.clone()
+        v = None if c is None or c.v is None else c.v.clone()
         m = torch.zeros_like(x)
-        steps = local_steps(p, f.n)
-        total, work = 0.0, 0
-        for idx in f.batches(p.batch_size, steps, rng):
-            work += f.n if idx is None else len(idx)
-            loss, g = f.loss_grad(idx)
-            total += loss
+        steps = [local_steps(p, n) for n in f.sizes]
+        total = work = torch.zeros(len(steps), dtype=torch.float64)
+        for batch in f.batches(p.batch_size, steps, rngs):
+            active = batch.active[:, None]
+            work = work + f.work(batch)
+            loss, g = f.loss_grad(batch)
+            total = total + loss
             if v is not None:
-                v.mul_(p.beta).add_(g * g, alpha=1 - p.beta)
+                v = torch.where(active, v.mul(p.beta).add_(g * g, alpha=1 - p.beta), v)
                 d = v.sqrt().clamp_(min=p.alpha)
             if p.preconditioner == "adam":
-                g = m.mul_(p.beta1).add_(g, alpha=1 - p.beta1)
+                m = torch.where(active, m.mul(p.beta1).add_(g, alpha=1 - p.beta1), m)
+                g = m * active
             x.addcdiv_(g, d, value=-p.client_lr)
-        sent, e = compressed(p, x0 - x, None if c is None else c.e)
-        upload = Upload(sent, total / max(steps, 1), steps + 1, work, f.n, p.uplink, {STATISTIC: s})
-        return upload, ClientState(v=v, e=e)
+        sent, e = compressed(p, x0 - x, e)
+        count = torch.tensor(steps, dtype=torch.float64)
+        loss = total / count.clamp(min=1)
+        upload = Upload(sent, loss, count + 1, work, f.n, p.uplink, {STATISTIC: s})
+        return upload, None if v is None and e is None else ClientState(v=v, e=e)
 
     def server_step(self, p, s, agg, rnd):
         x = s.x - p.server_lr * agg.vector

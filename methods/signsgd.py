@@ -86,27 +86,27 @@ class ClientState:
     e: Tensor | None = None  # EF-SignSGD's error memory
 
 
-def held_model(down: Received, c: ClientState | None) -> Tensor:
-    """This round's model: as sent, or the held one stepped (written into down.vector)."""
+def held_model(down: Received, c: ClientState) -> Tensor:
+    """This round's models: as sent, or the held ones stepped (written into down.vector)."""
     if STEP_ROUND not in down.config:
         return down.vector
-    held = None if c is None else c.round
-    if held != down.config[STEP_ROUND]:
+    wrong = (c.round != down.config[STEP_ROUND]).nonzero().flatten().tolist()
+    if wrong:
         raise RuntimeError(
-            f"partition {down.partition} holds the model of round {held}, "
-            f"was sent the step of round {down.config[STEP_ROUND]}"
+            f"partition {down.partitions[wrong[0]]} holds the model of round"
+            f" {int(c.round[wrong[0]])}, was sent the step of round {down.config[STEP_ROUND]}"
         )
     x = apply_step(c.x, down.vector, down.config[STEP_LR], down.config[WEIGHT_DECAY])
     return down.vector.copy_(x)
 
 
-def one_gradient(p, down: Received, c, f, rng) -> tuple[float, Tensor, int, Tensor]:
-    """(loss, gradient, examples, model) on one minibatch at this round's model."""
+def one_gradient(p, down: Received, c, f, rngs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(losses, gradients, examples, models) on one minibatch at this round's models."""
     x = held_model(down, c)
     f.bind(x)
-    (idx,) = f.batches(p.batch_size, 1, rng)
-    loss, g = f.loss_grad(idx)
-    return loss, g, f.n if idx is None else len(idx), x.clone()
+    (batch,) = f.batches(p.batch_size, 1, rngs)
+    loss, g = f.loss_grad(batch)
+    return loss, g, f.work(batch), x.clone()
 
 
 class ClientHeldModel(FederatedMethod):
@@ -118,6 +118,14 @@ class ClientHeldModel(FederatedMethod):
 
     def server_init(self, p, x0, num_clients, seed):
         return ServerState(x0)
+
+    def client_init(self, p, down):
+        """A new client is always sent the model (it holds none)."""
+        zeros = torch.zeros_like(down.vector)
+        m = zeros if getattr(p, "momentum", 0.0) else None
+        e = zeros.clone() if isinstance(p, EFSignParams) else None
+        rounds = torch.zeros(len(down.partitions), dtype=torch.long)
+        return ClientState(down.vector.clone(), rounds, m=m, e=e)
 
     def personalize(self, p, s, rnd, pid, down):
         if p.broadcast != "step" or s.step is None or s.applied != rnd - 1:
@@ -145,13 +153,16 @@ class SignSGD(ClientHeldModel):
     params = SignParams
     step_codec = "ternary"
 
-    def client_round(self, p, down, c, f, rng):
-        loss, g, work, x = one_gradient(p, down, c, f, rng)
+    def client_round(self, p, down, c, f, rngs):
+        loss, g, work, x = one_gradient(p, down, c, f, rngs)
         m = None
         if p.momentum:  # Signum: the momentum is what gets signed
-            m = torch.zeros_like(g) if c is None or c.m is None else c.m.clone()
+            m = c.m.clone()
             g = m.mul_(p.momentum).add_(g, alpha=1 - p.momentum)
-        return Upload(g, loss, 1, work, codec="sign"), ClientState(x, down.round, m=m)
+        rounds = torch.full((len(rngs),), down.round)
+        return Upload(g, loss, torch.ones_like(loss), work, codec="sign"), ClientState(
+            x, rounds, m=m
+        )
 
     def server_step(self, p, s, agg, rnd):
         lr = scheduled(p.server_lr, p.schedule, rnd)
@@ -174,11 +185,13 @@ class EFSignSGD(ClientHeldModel):
     def step_codec_of(self, p):
         return "scaled_sign" if p.server_memory else "fp32"
 
-    def client_round(self, p, down, c, f, rng):
-        loss, g, work, x = one_gradient(p, down, c, f, rng)
+    def client_round(self, p, down, c, f, rngs):
+        loss, g, work, x = one_gradient(p, down, c, f, rngs)
         gamma = scheduled(p.client_lr, p.schedule, down.round)
-        sent, e = with_feedback(gamma * g, None if c is None else c.e, "scaled_sign")
-        return Upload(sent, loss, 1, work, codec="scaled_sign"), ClientState(x, down.round, e=e)
+        sent, e = with_feedback(gamma * g, c.e, "scaled_sign")
+        rounds = torch.full((len(rngs),), down.round)
+        upload = Upload(sent, loss, torch.ones_like(loss), work, codec="scaled_sign")
+        return upload, ClientState(x, rounds, e=e)
 
     def server_step(self, p, s, agg, rnd):
         """x <- x - mean_i Delta_i; with a server memory e the step is the scaled sign of

@@ -58,6 +58,7 @@ class SplitLoRA(Method):
         deadline=False,
         privacy=frozenset(),
         resume=frozenset(),
+        vectorized=False,
     )
     loop = "fedsim.servers.split:run_split"
 

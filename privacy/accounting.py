@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import warnings
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+# Opacus is imported by the functions that account (see mechanisms.py: ~1.5 s per process).
+MAX_SIGMA = 1e6  # opacus.accountants.utils.MAX_SIGMA: the largest sigma its search tries
 
 
 def epsilon(accountant: str, sigma: float, q: float, steps: int, delta: float) -> float:
@@ -20,6 +20,8 @@ def epsilon(accountant: str, sigma: float, q: float, steps: int, delta: float) -
         return 0.0
     if sigma == 0:
         return math.inf
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(accountant)
     acc.history = [(sigma, q, steps)]
     with warnings.catch_warnings():
@@ -31,7 +33,14 @@ def epsilon(accountant: str, sigma: float, q: float, steps: int, delta: float) -
 
 
 def calibrate(accountant: str, target: float, q: float, steps: int, delta: float) -> float:
-    """The smallest sigma (within Opacus's 1% tolerance) giving epsilon <= target."""
+    """The smallest sigma (within Opacus's 1% tolerance) giving epsilon <= target.
+
+    epsilon falls as sigma grows, so a target above epsilon at Opacus's largest sigma is
+    refused after one evaluation rather than after its whole doubling search."""
+    if epsilon(accountant, MAX_SIGMA, q, steps, delta) > target:
+        raise ValueError(f"epsilon {target} is below what sigma {MAX_SIGMA:g} reaches")
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(

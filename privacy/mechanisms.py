@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 import torch
-from opacus.grad_sample import GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizerFastGradientClipping
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
+
+# Opacus is imported where a private run first needs it: importing it costs ~1.5 s, paid by
+# every process that starts (each Ray worker, each deployed ClientApp), private or not.
 
 
 def clip(v: np.ndarray, c: float) -> np.ndarray:
@@ -27,6 +27,8 @@ def gaussian(v: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
 
 def poisson_batches(n: int, q: float, steps: int, gen: torch.Generator):
     """Opacus's Poisson sampler: each example joins each batch independently with rate q."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
     sampler = UniformWithReplacementSampler(
         num_samples=n, sample_rate=q, generator=gen, steps=steps
     )
@@ -42,6 +44,9 @@ class PrivateGradients:
     batch size. Equal to clipping each example's gradient explicitly (tested)."""
 
     def __init__(self, model: nn.Module, sigma: float, c: float) -> None:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+
         self.module = GradSampleModuleFastGradientClipping(
             model, loss_reduction="mean", max_grad_norm=c, use_ghost_clipping=True
         )

@@ -6,6 +6,8 @@ used, which the client adapter needs to keep or drop its pending state."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,14 +45,16 @@ class Update:
 
     @property
     def finite(self) -> bool:
-        """No NaN or inf anywhere in what the client sent."""
-        return all(bool(torch.isfinite(v).all()) for v in (self.vector, *self.extra.values()))
+        """No NaN or inf anywhere in what the client sent (a finite sum settles it at the
+        cost of one pass; only an overflowing sum needs the element-wise check)."""
+        vs = (self.vector, *self.extra.values())
+        return all(math.isfinite(v.sum()) or bool(torch.isfinite(v).all()) for v in vs)
 
 
 class MethodServer:
     """The server's state of one run of a federated method."""
 
-    def __init__(self, scenario: Scenario, x0: np.ndarray, partitions: dict[int, int]) -> None:
+    def __init__(self, scenario: Scenario, x0: np.ndarray, partitions: Mapping[int, int]) -> None:
         self.method: FederatedMethod = scenario.method
         self.p = scenario.algorithm
         self.partitions = partitions  # partition id -> node id
@@ -59,6 +63,7 @@ class MethodServer:
             self.p, torch.from_numpy(np.array(x0, dtype=np.float32)), len(partitions), scenario.seed
         )
         self.last_used: dict[int, int] = {}  # partition -> last round whose update was used
+        self.sent: set[int] = set()  # partitions ever sent a round (the ones with state)
 
     @property
     def x(self) -> np.ndarray:
@@ -69,6 +74,7 @@ class MethodServer:
         self.state, shared = self.method.broadcast(self.p, self.state, rnd)
         encoded: dict[int, tuple[ArrayRecord, ArrayRecord]] = {}
         out = []
+        self.sent.update(pids)
         for pid in pids:
             down = self.method.personalize(self.p, self.state, rnd, pid, shared)
             if id(down) not in encoded:
@@ -117,8 +123,9 @@ class MethodServer:
     def state_parts(self) -> tuple[dict[str, np.ndarray], dict]:
         """The server state as arrays and JSON values, for a checkpoint."""
         arrays, values = state_to_parts(self.state)
-        return arrays, {"method": values, "last_used": self.last_used}
+        return arrays, {"method": values, "last_used": self.last_used, "sent": sorted(self.sent)}
 
     def load_state_parts(self, arrays: dict[str, np.ndarray], values: dict) -> None:
         self.state = state_from_parts(type(self.state), arrays, values["method"], "cpu")
         self.last_used = {int(k): int(v) for k, v in values["last_used"].items()}
+        self.sent = set(values["sent"])

@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,13 @@ BUG_CODES = {
 log = logging.getLogger("fedsim")
 
 
+def invert(partitions: Mapping[int, int]) -> Mapping[int, int]:
+    """node id -> partition id (a table the grid knows inverts without a dict)."""
+    if hasattr(partitions, "inverse"):
+        return partitions.inverse()
+    return {node: pid for pid, node in partitions.items()}
+
+
 def payload_bytes(msg: Message) -> int:
     """Bytes of the arrays a message carries (`ArrayRecord.count_bytes()` summed)."""
     return sum(rec.count_bytes() for rec in msg.content.array_records.values())
@@ -72,11 +79,11 @@ class Federation:
 
     grid: Grid
     scenario: Scenario
-    partitions: dict[int, int]  # partition id -> node id
+    partitions: Mapping[int, int]  # partition id -> node id
     profiles: Profiles
     evaluator: Evaluator
     server: MethodServer
-    node_pid: dict[int, int]  # node id -> partition id
+    node_pid: Mapping[int, int]  # node id -> partition id
     errors: int = 0  # client bugs counted since the last row (tolerate_client_errors)
     noisy_rounds: int = 0  # DP-FedAvg releases
 
@@ -93,7 +100,7 @@ class Federation:
             Profiles(scenario.system, n, scenario.seed),
             evaluator,
             server,
-            {node: pid for pid, node in partitions.items()},
+            invert(partitions),
         )
 
     def failed(self, msg: Message) -> bool:
@@ -178,11 +185,12 @@ class Federation:
             **fields,
         )
 
-    # -- client states, for checkpoints (every runtime: they travel as messages)
+    # -- client states, for checkpoints (every runtime: they travel as messages); only the
+    # clients ever sent a round can hold any
     def client_states(self) -> dict[int, RecordDict]:
         msgs = [
-            Message(RecordDict(), dst_node_id=n, message_type="query.state")
-            for n in self.partitions.values()
+            Message(RecordDict(), dst_node_id=self.partitions[pid], message_type="query.state")
+            for pid in sorted(self.server.sent)
         ]
         node_pid = self.node_pid
         return {
@@ -191,8 +199,8 @@ class Federation:
 
     def restore_client_states(self, states: dict[int, RecordDict]) -> None:
         msgs = [
-            Message(states[pid], dst_node_id=n, message_type="query.restore")
-            for pid, n in self.partitions.items()
+            Message(state, dst_node_id=self.partitions[pid], message_type="query.restore")
+            for pid, state in sorted(states.items())
         ]
         for reply in self.grid.send_and_receive(msgs):
             if reply.has_error():
@@ -251,7 +259,7 @@ class Tally:
 def synchronous_round(fed: Federation, rnd: int, clock: float) -> tuple[Row, float, list[dict]]:
     """One round: sample, send, admit replies under the policy, aggregate, step, record."""
     s, a, system = fed.scenario, fed.scenario.algorithm, fed.scenario.system
-    eligible = np.flatnonzero(fed.profiles.available(rnd, clock)).tolist()
+    eligible = fed.profiles.available_partitions(rnd, clock)
     k = cohort_size(len(eligible), a.fraction, a.min_clients)
     pids = sample_partitions(eligible, min(len(eligible), invitations(system, k)), s.seed, rnd)
     messages = fed.server.messages(rnd, pids)

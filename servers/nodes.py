@@ -19,8 +19,18 @@ def discover_partitions(grid: Grid, expected: int, timeout: float = 600.0) -> di
 
     Sampling by partition id, not by node id, makes the same scenario and seed pick
     the same clients on every runtime. A node whose `num-partitions` disagrees with
-    the scenario's `data.num_clients` is an error at once, not a silent wait.
+    the scenario's `data.num_clients` is an error at once, not a silent wait. A grid that
+    knows its table (the in-process runtime, any population size) gives it directly.
     """
+    known = getattr(grid, "partitions", None)
+    if known is not None:
+        table = known()
+        if len(table) != expected:
+            raise RuntimeError(
+                f"the grid has {len(table)} nodes, but the scenario has data.num_clients="
+                f"{expected}: size the federation to match"
+            )
+        return table
     deadline, mapping, asked = time.monotonic() + timeout, {}, set()
     while True:
         new = sorted(set(grid.get_node_ids()) - asked)
@@ -58,9 +68,10 @@ def cohort_size(eligible: int, fraction: float, min_clients: int) -> int:
     return min(eligible, max(min_clients, int(eligible * fraction)))
 
 
-def sample_partitions(eligible: list[int], size: int, seed: int, server_round: int) -> list[int]:
-    """`size` of the eligible partitions, drawn from (seed, round), in increasing order."""
+def sample_partitions(eligible, size: int, seed: int, server_round: int) -> list[int]:
+    """`size` of the eligible partitions (a sorted sequence: range, array or list), drawn from
+    (seed, round), in increasing order."""
     if size >= len(eligible):
-        return sorted(eligible)
+        return [int(p) for p in eligible]
     rng = np.random.default_rng(derive_seed(seed, server_round, SAMPLING_STREAM))
     return sorted(int(eligible[i]) for i in rng.choice(len(eligible), size=size, replace=False))

@@ -4,7 +4,6 @@ a test generated from the methods' declarations, and the defects found by hand, 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -224,10 +223,10 @@ class Buggy(FedAvg):
     name = "buggy_fedavg"
     doc = "FedAvg with a client bug (tests)"
 
-    def client_round(self, p, down, c, f, rng):
-        if down.partition == 1 and down.round >= 2:
+    def client_round(self, p, down, c, f, rngs):
+        if 1 in down.partitions and down.round >= 2:
             return 1 / 0
-        return super().client_round(p, down, c, f, rng)
+        return super().client_round(p, down, c, f, rngs)
 
 
 @pytest.fixture
@@ -305,16 +304,11 @@ def test_defect_7_cli_input_errors_are_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "'bogus'" in err
 
 
-@dataclass
-class _Device:
-    inputs: torch.Tensor
-
-
 def test_defect_5_client_state_follows_the_client_device():
     """The adapter puts every restored state tensor on the objective's device (the `local`
     statistic of scaled SGD stayed on the CPU before); checked with the meta device."""
     state = RecordDict()
     state[STATE] = ArrayRecord({"v": pack(np.ones(3, np.float32))})
     state[STATE_VALUES] = ConfigRecord({"round": 1})
-    restored = committed(state, ClientState, 1, _Device(torch.zeros(1, device="meta")))
+    restored = committed(state, ClientState, 1, torch.device("meta"))
     assert restored.v.device.type == "meta"

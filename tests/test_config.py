@@ -63,7 +63,7 @@ def test_override_without_equals_is_an_error():
         (["device=tpu"], "scenario.device: 'tpu' is not 'cpu', 'cuda' or 'cuda:N'"),
         (
             ["colour=red"],
-            "scenario.colour: unknown key (allowed: ['algorithm', 'checkpoint_every', 'data',",
+            "scenario.colour: unknown key (allowed: ['algorithm', 'checkpoint_every',",
         ),
         (
             ["algorithm.lr=1"],

@@ -25,8 +25,8 @@ def run_fixture(num_nodes: int, rounds: int, **extra) -> Context:
         state=RecordDict(),
         run_config={"num-nodes": num_nodes, "rounds": rounds, **extra},
     )
-    for c in grid.contexts.values():  # the ClientApp's run config, as a SuperNode would have it
-        c.run_config.update(extra)
+    for node in grid.get_node_ids():  # the ClientApp's run config, as a SuperNode has it
+        grid.contexts[node].run_config.update(extra)
     fixture.server(grid=grid, context=ctx)
     return ctx
 
@@ -43,8 +43,8 @@ def test_plain_flower_app_runs_unchanged_and_matches_closed_form():
 
 def test_a_raising_client_becomes_a_flower_error_reply():
     grid = InProcessGrid(fixture.client, 3)
-    for c in grid.contexts.values():
-        c.run_config["fail-partition"] = 1
+    for node in grid.get_node_ids():  # contexts are made when a node is first reached
+        grid.contexts[node].run_config["fail-partition"] = 1
     msgs = [
         Message(
             RecordDict({"arrays": fixture.ArrayRecord({"w": fixture.Array(np.zeros(2))})}),

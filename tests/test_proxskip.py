@@ -15,7 +15,13 @@ from fedsim.codecs import pack, unpack
 from fedsim.config import ScenarioError, load_scenario
 from fedsim.data import load_dataset
 from fedsim.method import Received
-from fedsim.methods.proxskip import ClientState, ProxSkipParams, round_length, start_of_round
+from fedsim.methods.proxskip import (
+    ClientState,
+    ProxSkip,
+    ProxSkipParams,
+    round_length,
+    start_of_round,
+)
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 from fedsim.runtime.inprocess import InProcessGrid
@@ -138,14 +144,11 @@ def test_the_control_variate_takes_the_average_it_was_part_of():
     """h_i = h_hat_i + (x - x_hat_i) / tau when the average x of its last applied round
     arrives: 2 + (1 - 0) / 0.5 with gamma = 0.25, p = 0.5."""
     p = ProxSkipParams(name="proxskip", p=0.5, client_lr=0.25)
-    c = ClientState(torch.full((3,), 2.0), torch.zeros(3), 4)
-    down = Received(torch.ones(3), {}, {}, 5, 1, 0)
+    c = ClientState(torch.full((1, 3), 2.0), torch.zeros(1, 3), torch.tensor([4]))
+    down = Received(torch.ones(1, 3), {}, {}, 5, [1], 0)
     np.testing.assert_allclose(start_of_round(p, down, c).numpy(), 4.0)
-    assert float(start_of_round(p, down, None).abs().sum()) == 0  # first round: h = 0
-
-
-class Device:
-    inputs = torch.zeros(1)  # what `committed` reads the client's device from
+    first = ProxSkip().client_init(p, down)  # before a client's first round: h = 0 exactly
+    assert float(start_of_round(p, down, first).abs().sum()) == 0
 
 
 def test_a_client_whose_reply_was_not_used_keeps_the_state_of_its_last_used_round():
@@ -154,12 +157,12 @@ def test_a_client_whose_reply_was_not_used_keeps_the_state_of_its_last_used_roun
     new = {"h_hat": pack(np.full(3, 7.0, np.float32)), "x_hat": pack(np.ones(3, np.float32))}
     state[STATE], state[STATE_VALUES] = ArrayRecord(old), ConfigRecord({"round": 3})
     state[PENDING], state[PENDING_VALUES] = ArrayRecord(new), ConfigRecord({"round": 4})
-    kept = committed(state, ClientState, 3, Device())  # the server last used round 3
+    kept = committed(state, ClientState, 3, "cpu")  # the server last used round 3
     assert kept.round == 3 and float(kept.h_hat[0]) == 1.0 and PENDING not in state
     state[PENDING], state[PENDING_VALUES] = ArrayRecord(new), ConfigRecord({"round": 4})
-    used = committed(state, ClientState, 4, Device())  # round 4 was used: promoted
+    used = committed(state, ClientState, 4, "cpu")  # round 4 was used: promoted
     assert used.round == 4 and float(used.h_hat[0]) == 7.0
-    assert committed(RecordDict(), ClientState, 0, Device()) is None  # never trained
+    assert committed(RecordDict(), ClientState, 0, "cpu") is None  # never trained
 
 
 @pytest.mark.parametrize("method", [{}, {"name": "gradskip", "q": [0.5, 1.0, 0.7, 1.0]}])

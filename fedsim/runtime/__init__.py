@@ -20,10 +20,12 @@ from fedsim.registry import load_ref
 from fedsim.results import ERROR, RunFailed
 
 from . import compat
+from .cohorts import cohort_chunk
 from .inprocess import InProcessGrid
 
 SERVER_APP = "fedsim.servers.app:app"
 CLIENT_APP = "fedsim.clients.app:app"
+CLIENT_COHORTS = "fedsim.clients.app:train_cohorts"  # the vectorized path
 
 
 def run_config(scenario: Scenario, out_dir: Path | str, resume: bool) -> dict[str, Any]:
@@ -63,7 +65,9 @@ def _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federatio
     num_nodes = num_nodes or scenario.data.num_clients
     cfg = run_config(scenario, out_dir, resume)
     if scenario.runtime == "inprocess":
-        grid = InProcessGrid(client_app, num_nodes)
+        chunk = cohort_chunk(scenario) if client_app is load_ref(CLIENT_APP) else None
+        cohorts = load_ref(CLIENT_COHORTS) if chunk else None
+        grid = InProcessGrid(client_app, num_nodes, cohort=cohorts, chunk=chunk or 1)
         server_app(grid=grid, context=_server_context(grid.run.run_id, cfg))
     elif scenario.runtime == "simulation":
         resources = scenario.simulation

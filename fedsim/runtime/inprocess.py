@@ -2,15 +2,17 @@
 
 Each virtual node has its own persistent `Context` (node_config with
 `partition-id` and `num-partitions`, and `state`), exactly as a SuperNode would.
-Messages are delivered one after another in this process, lazily as replies are consumed: no Ray, no
-serialization round trip, deterministic. A ClientApp that raises produces a
-Flower error reply, as on the other runtimes.
+Messages are delivered one after another in this process, lazily as replies are consumed:
+no Ray, no serialization round trip, deterministic. A ClientApp that raises produces a
+Flower error reply, as on the other runtimes. With a `cohort` runner, a round's train
+messages go to it together instead (the vectorized path): it answers them as the ClientApp
+would, many clients at a time.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,24 +25,87 @@ from . import compat
 NODE_ID_BASE = 1 << 20  # virtual node ids: NODE_ID_BASE + partition id
 
 
-class InProcessGrid(Grid):
-    """A Grid over `num_nodes` virtual SuperNodes that run `client_app` in this process."""
+class Offset(Mapping[int, int]):
+    """k -> base + k for k in range(n): a node table that costs nothing per node."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int | None = None) -> None:
-        self.client_app = client_app
+    def __init__(self, base: int, n: int) -> None:
+        self.base, self.n = base, n
+
+    def __getitem__(self, k: int) -> int:
+        if not 0 <= k < self.n:
+            raise KeyError(k)
+        return self.base + k
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def inverse(self) -> Mapping[int, int]:
+        """node -> partition id."""
+        return Shifted(self.base, self.n)
+
+
+class Shifted(Offset):
+    """node -> node - base for the nodes of an Offset."""
+
+    def __getitem__(self, node: int) -> int:
+        if not 0 <= node - self.base < self.n:
+            raise KeyError(node)
+        return node - self.base
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.base, self.base + self.n))
+
+
+class Contexts(dict):
+    """Each virtual node's persistent Context, made the first time the node is reached: a
+    population of millions costs memory only for the clients sampled."""
+
+    def __init__(self, run_id: int, num_nodes: int) -> None:
+        super().__init__()
+        self.run_id, self.num_nodes = run_id, num_nodes
+
+    def __missing__(self, node: int) -> Context:
+        pid = node - NODE_ID_BASE
+        if not 0 <= pid < self.num_nodes:
+            raise KeyError(node)
+        context = Context(
+            run_id=self.run_id,
+            node_id=node,
+            node_config={"partition-id": pid, "num-partitions": self.num_nodes},
+            state=RecordDict(),
+            run_config={},
+        )
+        self[node] = context
+        return context
+
+    def get(self, node: int, default=None):
+        try:
+            return self[node]
+        except KeyError:
+            return default
+
+
+class InProcessGrid(Grid):
+    """A Grid over `num_nodes` virtual SuperNodes that run `client_app` in this process;
+    `cohort(messages, contexts, chunk)`, if given, answers train messages in batches."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_id: int | None = None,
+        cohort: Callable[..., Iterator[Message]] | None = None,
+        chunk: int = 1,
+    ) -> None:
+        self.client_app, self.cohort, self.chunk = client_app, cohort, chunk
         run_id = random.getrandbits(63) if run_id is None else run_id
         self._run = Run.create_empty(run_id)
         compat.set_server_identity(run_id)
-        self.contexts = {
-            NODE_ID_BASE + i: Context(
-                run_id=run_id,
-                node_id=NODE_ID_BASE + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(num_nodes)
-        }
+        self.num_nodes = num_nodes
+        self.contexts = Contexts(run_id, num_nodes)
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
@@ -62,7 +127,11 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return range(NODE_ID_BASE, NODE_ID_BASE + self.num_nodes)
+
+    def partitions(self) -> Offset:
+        """partition id -> node id, known without asking (node = NODE_ID_BASE + partition)."""
+        return Offset(NODE_ID_BASE, self.num_nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -79,9 +148,17 @@ class InProcessGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterator[Message]:
         """Replies, each produced when it is consumed: a strategy that aggregates as it
-        iterates holds one client update at a time, never the whole cohort's."""
+        iterates holds one client update (or one cohort chunk) at a time."""
+        messages = list(messages)
         for msg in messages:
             compat.assign_message_id(msg)
+        if self.cohort and messages and all(m.metadata.message_type == "train" for m in messages):
+            contexts = [self.contexts[m.metadata.dst_node_id] for m in messages]
+            for reply in self.cohort(messages, contexts, self.chunk):
+                compat.assign_message_id(reply)
+                yield reply
+            return
+        for msg in messages:
             yield self._deliver(msg)
 
     def _deliver(self, msg: Message) -> Message:

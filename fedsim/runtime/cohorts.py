@@ -1,0 +1,88 @@
+"""How the in-process runtime runs a round's clients: as batched cohorts (the vectorized
+path, in chunks that fit a memory budget) or one by one through the ClientApp."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from fedsim.config import Scenario
+from fedsim.data import load_dataset, partition_indices
+from fedsim.method import FederatedMethod
+from fedsim.models import VMAP_PARAMS, build_model
+
+GIB = 2**30
+STACKED_FLOATS = 4 * 2**20  # a [C, d] float32 tensor of at most 16 MiB: the allocator reuses it
+
+
+def cohort_chunk(scenario: Scenario) -> int | None:
+    """Clients per batched chunk, or None when the clients run one by one (the reason is
+    said once, on stderr)."""
+    method = scenario.method
+    if scenario.runtime != "inprocess" or scenario.execution == "sequential":
+        return None
+    if not isinstance(method, FederatedMethod):
+        return None
+    why = None
+    if not method.supports.vectorized:
+        why = "no batched round"
+    elif scenario.privacy.mechanism == "dp_sgd":
+        why = "DP-SGD goes through Opacus"
+    elif big_on_cpu(scenario) and scenario.execution == "auto":
+        why = f"a model above {VMAP_PARAMS:,} parameters does not batch faster on a CPU"
+    if why:
+        print(f"fedsim: {method.name}: clients run one by one ({why})", file=sys.stderr)
+        return None
+    budget = (
+        scenario.cohort_memory_gb * GIB
+        if scenario.cohort_memory_gb
+        else default_budget(scenario.device)
+    )
+    chunk = max(1, int(budget // client_bytes(scenario)))
+    if scenario.device.startswith("cuda"):
+        return chunk
+    return min(chunk, max(1, STACKED_FLOATS // parameters(scenario)))
+
+
+def big_on_cpu(scenario: Scenario) -> bool:
+    """A CPU run of a model too large for vmap to pay."""
+    return not scenario.device.startswith("cuda") and parameters(scenario) > VMAP_PARAMS
+
+
+def default_budget(device: str) -> float:
+    """A quarter of the machine's memory, or half of the GPU's free memory."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free / 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+
+
+def parameters(scenario: Scenario) -> int:
+    """d, the model's parameter count (built on the meta device)."""
+    ds = load_dataset(scenario.data, scenario.seed)
+    with torch.device("meta"):
+        model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
+    return sum(p.numel() for p in model.parameters())
+
+
+def client_bytes(scenario: Scenario) -> float:
+    """A generous estimate of one client's memory in a batched cohort: its copies of the
+    model (parameters, gradient, start point, method state), its padded examples, and the
+    activations of a batch."""
+    ds = load_dataset(scenario.data, scenario.seed)
+    features = ds.x_train.shape[1]
+    with torch.device("meta"):
+        model = build_model(scenario.model, features, ds.num_classes, 0)
+    d = parameters(scenario)
+    # activations per example: every layer's outputs (a convolution's at every pixel)
+    widths = sum(
+        p.shape[0] * (features if p.dim() == 4 else 1) for p in model.parameters() if p.dim() > 1
+    )
+    if ds.client is None:
+        examples = max(len(idx) for idx in partition_indices(scenario.data, scenario.seed))
+    else:
+        examples = 4 * len(ds.x_train) // max(1, scenario.data.num_clients) + 1024
+    batch = getattr(scenario.algorithm, "batch_size", 0) or examples
+    return 4.0 * (24 * d + 2 * examples * features + 8 * batch * (widths + features))
