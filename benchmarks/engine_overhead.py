@@ -59,8 +59,9 @@ WORKLOADS = {
         "rounds": 8,
     },
 }
-# name -> execution: "vectorized" is the default ("auto"): batched cohorts where they pay,
-# so on a CPU the 1M model runs client by client (see fedsim/models.py: VMAP_PARAMS)
+# name -> execution: "vectorized" is the default ("auto"): batched cohorts, with vmap where it
+# pays and on a CPU the 1M model's clients side by side on worker threads (fedsim/models.py:
+# VMAP_PARAMS)
 ENGINES = {"inprocess": "sequential", "vectorized": "auto"}
 ALGORITHM = {"name": "local_sgd", "local_steps": 10, "batch_size": 32, "client_lr": 0.05}
 

@@ -5,16 +5,21 @@ method's client round computes with, for one client (a Flower message) or for ma
 Every tensor a method sees has a leading client dimension C. Two engines compute the
 gradients: `vmap` evaluates all C clients as one batched computation (torch.func's
 vmap(grad(functional_call)) over the stacked parameters and padded batches), `loop` runs
-the clients one after another through the model itself (autograd, and Opacus's private
-gradients under DP-SGD). One client always takes the loop: it is the sequential path; so
-do models above VMAP_PARAMS parameters on a CPU, where batching does not pay.
+each client through the model itself (autograd, and Opacus's private gradients under
+DP-SGD). One client always takes the loop: it is the sequential path. Models above
+VMAP_PARAMS parameters on a CPU take it too, where stacking does not pay; a cohort of them
+runs its clients side by side instead, one model replica and one single-threaded worker per
+core (a batch-32 step of one client is too small to keep two cores busy).
 Each client draws its batches from its own generator, step by step, exactly as alone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -138,7 +143,9 @@ class Cohort:
         self.l2 = torch.tensor([s.l2 for s in shards], device=self.device)
         self.regularized = any(s.l2 for s in shards)
         small = model.flat_buffer.numel() <= VMAP_PARAMS or self.device.type == "cuda"
-        self.vmap = vectorize and len(shards) > 1 and self.private is None and small
+        batched = vectorize and len(shards) > 1 and self.private is None
+        self.vmap = batched and small
+        self.replicas = replicas(model) if batched and not small else [model]
         self.gens: list[torch.Generator] = []
         self.expected: list[float] = []
 
@@ -228,11 +235,15 @@ class Cohort:
             self.x.add_(g, alpha=-lr)
             return value
         reg = self._regularizer(batch)
-        data, grads = self._loop_grads(batch)
-        for c, parts in grads.items():  # without building the flat gradient
-            if self.shards[c].l2:
+
+        def step(c: int, model: nn.Module, params: list[nn.Parameter]) -> float:
+            loss, parts = self._client_grad(c, model, params, batch)
+            if self.shards[c].l2:  # without building the flat gradient
                 self.x[c].mul_(1.0 - lr * self.shards[c].l2)
-            torch._foreach_add_([p.data for p in self._params(c)], list(parts), alpha=-lr)
+            torch._foreach_add_([p.data for p in params], list(parts), alpha=-lr)
+            return loss
+
+        data = self._each(batch.clients, step)
         return losses(data, reg, batch.flags)
 
     def _regularizer(self, batch: Batch) -> list[float]:
@@ -257,15 +268,16 @@ class Cohort:
             out = vmap(hvp)(self.x, v, xb, yb, mask)
         else:
             out = torch.zeros_like(v)
-            for c in batch.clients:
-                params = self._params(c)
+
+            def product(c: int, model: nn.Module, params: list[nn.Parameter]) -> float:
                 xb, yb = self._rows(c, batch.rows[c])
-                grads = torch.autograd.grad(
-                    self.loss(self.model(xb), yb), params, create_graph=True
-                )
+                grads = torch.autograd.grad(self.loss(model(xb), yb), params, create_graph=True)
                 g = torch.cat([gr.reshape(-1) for gr in grads])
                 hv = torch.autograd.grad(g @ v[c], params)
                 out[c] = torch.cat([h.reshape(-1) for h in hv]).detach()
+                return 0.0
+
+            self._each(batch.clients, product)
         return (out + self.l2[:, None] * v) * batch.active[:, None]
 
     # -- the loop engine: each client through the model itself
@@ -276,24 +288,46 @@ class Cohort:
         idx = idx.to(self.device)
         return s.inputs[idx], s.targets[idx]
 
-    def _params(self, c: int) -> list[nn.Parameter]:
-        """The model bound to client c's row of x."""
-        return self.bound if self.bound is not None else bind(self.model, self.x[c])
+    def _each(self, clients: list[int], fn: Callable[..., float]) -> list[float]:
+        """[C] values of fn(c, model, params) for these clients, the model bound to row c of
+        x: one after another, or side by side on the replicas' worker threads (clients
+        dealt round-robin, so which replica runs a client depends only on the cohort)."""
+        value = [0.0] * self.size
+        workers = len(self.replicas)
+        if workers == 1 or len(clients) == 1:
+            for c in clients:
+                params = self.bound if self.bound is not None else bind(self.model, self.x[c])
+                value[c] = fn(c, self.model, params)
+            return value
+
+        def share(k: int) -> None:
+            model = self.replicas[k]
+            for c in clients[k::workers]:
+                value[c] = fn(c, model, bind(model, self.x[c]))
+
+        with single_threaded_ops():
+            list(_pool(workers).map(share, range(workers)))
+        return value
+
+    def _client_grad(
+        self, c: int, model: nn.Module, params: list[nn.Parameter], batch: Batch
+    ) -> tuple[float, tuple[Tensor, ...]]:
+        """Client c's data loss and gradient on its batch (Opacus's private one under
+        DP-SGD, which runs on the one model)."""
+        xb, yb = self._rows(c, batch.rows[c])
+        if self.private is not None:
+            return self.private(self.loss, xb, yb, self.expected[c], self.gens[c])
+        out = self.loss(model(xb), yb)
+        return float(out.detach()), torch.autograd.grad(out, params)
 
     def _loop_grads(self, batch: Batch) -> tuple[list[float], dict[int, tuple[Tensor, ...]]]:
-        value = [0.0] * self.size
         grads = {}
-        for c in batch.clients:
-            params = self._params(c)
-            xb, yb = self._rows(c, batch.rows[c])
-            if self.private is not None:
-                loss, grads[c] = self.private(self.loss, xb, yb, self.expected[c], self.gens[c])
-            else:
-                out = self.loss(self.model(xb), yb)
-                grads[c] = torch.autograd.grad(out, params)
-                loss = float(out.detach())
-            value[c] = loss
-        return value, grads
+
+        def gradient(c: int, model: nn.Module, params: list[nn.Parameter]) -> float:
+            loss, grads[c] = self._client_grad(c, model, params, batch)
+            return loss
+
+        return self._each(batch.clients, gradient), grads
 
     # -- the vmap engine: all clients as one batched computation
     @cached_property
@@ -329,6 +363,32 @@ class Cohort:
         if not all(batch.flags):
             g.mul_(batch.active[:, None])
         return value.tolist(), g
+
+
+def replicas(model: nn.Module) -> list[nn.Module]:
+    """One copy of the model per intra-op thread torch would use (the model itself first),
+    made once per model object."""
+    if not hasattr(model, "replicas"):
+        n = torch.get_num_threads()
+        bind(model, model.flat_buffer)  # views of its own d floats, so that is what is copied
+        model.replicas = [model] + [copy.deepcopy(model) for _ in range(n - 1)]
+    return model.replicas
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="fedsim-client")
+
+
+@contextmanager
+def single_threaded_ops():
+    """Each worker's ops on one thread while the workers run (torch's setting is global)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def losses(data: list[float], reg: list[float], flags: list[bool]) -> Tensor:

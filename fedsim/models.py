@@ -98,7 +98,7 @@ def build_model(cfg: ModelConfig, in_features: int, num_classes: int, seed: int)
 # 2-core CPU it is 3-4x faster than client by client at 10k parameters, still ahead at
 # ~170k, and 5x slower at 1M (one client's products of separate weights already fill the
 # cores; large stacked tensors defeat the allocator's reuse). Above this, a CPU cohort runs
-# client by client: one by one under `execution = "auto"`, in chunks under "vectorized".
+# its clients side by side on single-threaded workers instead (clients/objective.py).
 VMAP_PARAMS = 150_000
 
 
