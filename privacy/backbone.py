@@ -1,6 +1,7 @@
 """Backbones for split learning without a hub: `tiny-bert` (a small BERT, randomly initialised
 from a seed, with a word-level tokenizer over the task's vocabulary) or any `transformers`
-encoder by local path or by a name already in the local Hugging Face cache.
+encoder by local path, by a name already in the local Hugging Face cache, or by the hub name
+of an encoder packaged on the registry (fedsim/encoders.py: checked by sha256).
 
 Hosts load the weights (`load_backbone`); the label party needs only the tokenizer, the
 hidden size and the adapters' shapes, which it reads from the config on the meta device.
@@ -17,6 +18,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertTokenizerFast
+
+from fedsim.encoders import model_path
 
 TINY = "tiny-bert"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -47,7 +50,7 @@ def model_config(spec: BackboneSpec):
             intermediate_size=128,
             max_position_embeddings=128,
         )
-    return AutoConfig.from_pretrained(spec.name, local_files_only=True)
+    return AutoConfig.from_pretrained(model_path(spec.name), local_files_only=True)
 
 
 def lora_config(spec: BackboneSpec) -> LoraConfig:
@@ -92,7 +95,7 @@ def load_backbone(spec: BackboneSpec) -> nn.Module:
             torch.manual_seed(spec.seed)
             model = AutoModel.from_config(model_config(spec))
     else:
-        model = AutoModel.from_pretrained(spec.name, local_files_only=True)
+        model = AutoModel.from_pretrained(model_path(spec.name), local_files_only=True)
     model.requires_grad_(False)
     return with_adapters(model, spec).eval()  # no dropout anywhere: calls are deterministic
 
@@ -131,7 +134,7 @@ def tokenizer(spec: BackboneSpec, vocab: list[str]):
     """tiny-bert: one token per task word; otherwise the model's own tokenizer."""
     if spec.name == TINY:
         return BertTokenizerFast(vocab={w: i for i, w in enumerate([*SPECIALS, *vocab])})
-    return AutoTokenizer.from_pretrained(spec.name, local_files_only=True)
+    return AutoTokenizer.from_pretrained(model_path(spec.name), local_files_only=True)
 
 
 def encode_text(spec: BackboneSpec, vocab: list[str], *word_ids: np.ndarray) -> list[dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from fedsim.config import Scenario
 from fedsim.data import load_dataset
 from fedsim.methods.split_lora import SplitParams
 from fedsim.models import output_dim
-from fedsim.privacy import attacks
 from fedsim.privacy.backbone import BackboneSpec, adapter_init, encode_text, hidden_size
 from fedsim.privacy.split import (
     ACTIVATIONS,
@@ -44,59 +42,43 @@ from fedsim.results import MetricsWriter, summarize
 from fedsim.seeding import derive_seed, torch_generator
 
 from .driver import payload_bytes
+from .host_views import Call, HostViews, snapshot
 from .nodes import discover_partitions
 from .rows import Row
 
 SPLIT_STREAM = 53  # the label party's randomness: adapters, head, mixing weights, shards
 
 
-def host_of(step: int, adapter: int, shard: int, hosts: int, rotate: bool) -> int:
-    """Which host serves adapter i's call j at step t: consecutive hosts for the shards (so
-    they land on different hosts when there are at least m), shifted by one every step."""
-    return ((step if rotate else 0) + adapter + shard) % hosts
-
-
-class HostViews:
-    """What each host has seen since the last checkpoint, kept with the batch labels (which
-    only the label party knows) to score the label-leakage attacks from each host's view."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[int, str, int], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(
-            list
-        )
-
-    def add(self, node: int, kind: str, adapter: int, value: Tensor, labels: np.ndarray) -> None:
-        self.seen[(node, kind, adapter)].append((value.detach().numpy(), labels))
-
-    def leak(self) -> dict[str, float]:
-        """Each attack's worst value over hosts and adapter sets; then forget the window."""
-        worst: dict[str, float] = defaultdict(float)
-        for (_, kind, _), parts in self.seen.items():
-            v = np.concatenate([p[0] for p in parts])
-            y = np.concatenate([p[1] for p in parts])
-            scores = {"norm": attacks.norm_attack(v), "spectral": attacks.spectral_attack(v)}
-            if kind == "grad":
-                scores["direction"] = attacks.direction_attack(v, int(np.argmax(y == 1)))
-            for name, s in scores.items():
-                worst[f"leak_{kind}_{name}"] = max(worst[f"leak_{kind}_{name}"], attacks.leak(s, y))
-            if kind == "act":
-                worst["kmeans_act"] = max(worst["kmeans_act"], attacks.kmeans_accuracy(v, y))
-        self.seen.clear()
-        out = dict(worst)
-        out["leak"] = max((v for k, v in out.items() if k.startswith("leak_")), default=0.5)
-        return out
+def host_of(
+    step: int, adapter: int, shard: int, hosts: int, adapters: int, shards: int, rotate: bool
+) -> int:
+    """Which host serves shard j of adapter set i's call at step t. One host: the two-party
+    setting, it serves everything. Several: adapter set i has its own hosts (those
+    congruent to i mod n), and a call's m shards go to m different ones of them (the
+    load-time check gives every set at least m). With rotation the group's hosts take the
+    shards in turn, m per step, so with 2m hosts or more per set no host serves two
+    consecutive steps (it never sees one update's before and after)."""
+    if hosts == 1:
+        return 0
+    group = range(adapter, hosts, adapters)
+    return group[((step * shards if rotate else 0) + shard) % len(group)]
 
 
 class Hosts:
     """The backbone hosts as the label party reaches them: Flower nodes answering queries."""
 
-    def __init__(self, grid: Grid, nodes: list[int], spec: BackboneSpec, rotate: bool) -> None:
-        self.grid, self.nodes, self.rotate = grid, nodes, rotate
+    def __init__(
+        self, grid: Grid, nodes: list[int], spec: BackboneSpec, shards: int, rotate: bool
+    ) -> None:
+        self.grid, self.nodes, self.rotate, self.adapters = grid, nodes, rotate, spec.adapters
+        self.shards = shards
         self.backbone = json.dumps(spec.to_dict(), sort_keys=True)
         self.bytes_down = self.bytes_up = self.calls = 0
 
     def node(self, step: int, adapter: int, shard: int) -> int:
-        return self.nodes[host_of(step, adapter, shard, len(self.nodes), self.rotate)]
+        hosts = len(self.nodes)
+        where = host_of(step, adapter, shard, hosts, self.adapters, self.shards, self.rotate)
+        return self.nodes[where]
 
     def query(self, kind: str, node: int, x: dict, adapter: int, theta: Theta, g=None) -> Message:
         values = {**x, **theta} | ({} if g is None else {GRAD: g})
@@ -179,9 +161,10 @@ class LabelParty:
         """One training step: forward calls, loss and penalties here, private backprop calls,
         recombination, Adam. Returns the main loss."""
         labels = y.numpy()
+        sent = [snapshot(theta) for theta in self.thetas]
         hs, fwd_nodes = hosts.forward(t, x, self.thetas)
         for i, (h, node) in enumerate(zip(hs, fwd_nodes, strict=True)):
-            views.add(node, "act", i, h, labels)
+            views.add(node, Call(t, "act", i, x, sent[i], h.numpy(), labels))
         hs = [h.requires_grad_() for h in hs]
         self.opt.zero_grad()
         main = label_loss(self.head(self.features(hs)), y)
@@ -193,7 +176,7 @@ class LabelParty:
                 zip(split, grads, bwd_nodes, strict=True)
             ):
                 for shard, node in zip(shards, nodes, strict=True):
-                    views.add(node, "grad", i, shard, labels)
+                    views.add(node, Call(t, "grad", i, x, sent[i], shard.numpy(), labels))
                 for k, v in recombine(g, weights).items():
                     self.thetas[i][k].grad = v
         self.opt.step()
@@ -242,9 +225,9 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     x_train, x_test = encode_text(spec, vocab, ds.x_train, ds.x_test)
     y_train, y_test = torch.from_numpy(ds.y_train), torch.from_numpy(ds.y_test)
     partitions = discover_partitions(grid, p.hosts)
-    hosts = Hosts(grid, [partitions[k] for k in range(p.hosts)], spec, p.rotate)
+    hosts = Hosts(grid, [partitions[k] for k in range(p.hosts)], spec, p.shards, p.rotate)
     party = LabelParty(p, spec, ds.num_classes, scenario.seed)
-    writer, views = MetricsWriter(out_dir), HostViews()
+    writer, views = MetricsWriter(out_dir), HostViews(spec)
     batches = batch_order(len(y_train), p.batch_size, scenario.seed)
     start, losses = time.perf_counter(), []
     for t in range(1, scenario.rounds + 1):
@@ -268,11 +251,8 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         hosts.bytes_up = hosts.bytes_down = hosts.calls = 0
         losses.clear()
         writer.append(row.to_dict())
-    worst = {
-        k: max(r.get(k, 0.0) for r in writer.rows)
-        for k in writer.rows[-1]
-        if k.startswith(("leak", "kmeans"))
-    }
+    attacks = sorted({k for r in writer.rows for k in r if k.startswith(("leak", "kmeans"))})
+    worst = {k: max(r.get(k, 0.0) for r in writer.rows) for k in attacks}
     summary = summarize(
         writer.rows, scenario=scenario.name, runtime=scenario.runtime, method=p.method, **worst
     )

@@ -23,7 +23,7 @@ def main() -> None:
     for r in rows:
         run = sweep / "points" / f"{int(r['point']):03d}" / f"seed{r['seed']}"
         s = json.loads((run / "summary.json").read_text())
-        column = (int(r["data.options.classes"]), int(r["algorithm.hosts"]))
+        column = (int(r.get("data.options.classes") or 2), int(r["algorithm.hosts"]))
         cells[(r["algorithm.method"], column)].append((s["final"]["eval_accuracy"], s["leak"]))
     columns = sorted({c for _, c in cells})
     names = [f"{k}-class, {'two' if h == 1 else 'multi'}-party" for k, h in columns]
