@@ -82,7 +82,7 @@ def rank_one_fraction(v: np.ndarray) -> float:
     return float(s[0] ** 2 / max(float((s**2).sum()), 1e-30))
 
 
-def span_attack(shards: np.ndarray, grid: int = 180) -> np.ndarray:
+def span_attack(shards: np.ndarray, grid: int = 36) -> np.ndarray:
     """The combination of one call's m shards ([m, B, ...]) with the strongest label
     structure, found without labels: the minimum-norm unit combination (noise that cancels
     leaves g_h) and combinations on a grid of the unit sphere (random directions above three

@@ -41,9 +41,12 @@ class BackboneHost:
         self.spec = spec
         self.model = load_backbone(spec)
         self.params = {f"a{i}": adapter_params(self.model, f"a{i}") for i in range(spec.adapters)}
+        self.active = ""
 
     def _activations(self, x: dict[str, Tensor], adapter: str, theta: Theta) -> Tensor:
-        set_adapter(self.model, adapter)
+        if adapter != self.active:  # PEFT's switch walks every module: only when it changes
+            set_adapter(self.model, adapter)
+            self.active = adapter
         params = self.params[adapter]
         if theta.keys() != params.keys():
             raise ValueError(f"adapter weights do not match the backbone's {adapter} slot")
