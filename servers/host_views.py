@@ -45,12 +45,11 @@ class HostViews:
         self.calls[node].append(call)
 
     def leak(self) -> dict[str, float]:
-        worst: dict[str, float] = defaultdict(float)
+        out: dict[str, float] = {}
         for calls in self.calls.values():
             for name, value in self._host(calls).items():
-                worst[name] = max(worst[name], value)
+                keep_worst(out, name, value)
         self.calls.clear()
-        out = dict(worst)
         out["leak"] = max((v for k, v in out.items() if k.startswith("leak_")), default=0.5)
         return out
 
@@ -63,36 +62,29 @@ class HostViews:
 
     def _host(self, calls: list[Call]) -> dict[str, float]:
         out: dict[str, float] = {}
-
-        def note(name: str, value: float) -> None:
-            out[name] = max(out.get(name, 0.0), value)
-
         by_kind = defaultdict(list)  # (kind, adapter) -> calls
         for c in calls:
             by_kind[(c.kind, c.adapter)].append(c)
         for (kind, _), group in by_kind.items():  # each message alone
             v, y = stack(group)
-            note(f"leak_{kind}_norm", attacks.leak(attacks.norm_attack(v), y))
-            note(f"leak_{kind}_spectral", attacks.leak(attacks.spectral_attack(v), y))
+            keep_worst(out, f"leak_{kind}_norm", attacks.leak(attacks.norm_attack(v), y))
+            keep_worst(out, f"leak_{kind}_spectral", attacks.leak(attacks.spectral_attack(v), y))
             if kind == "grad":
                 direction = attacks.direction_attack(v, int(np.argmax(y == y.max())))
-                note("leak_grad_direction", attacks.leak(direction, y))
+                keep_worst(out, "leak_grad_direction", attacks.leak(direction, y))
             else:
-                note("kmeans_act", attacks.kmeans_accuracy(v, y))
-        for name, value in self._shards(calls).items():
-            note(name, value)
-        for name, value in self._recomputed(calls).items():
-            note(name, value)
+                keep_worst(out, "kmeans_act", attacks.kmeans_accuracy(v, y))
+        self._shards(calls, out)
+        self._recomputed(calls, out)
         return out
 
-    def _shards(self, calls: list[Call]) -> dict[str, float]:
+    def _shards(self, calls: list[Call], out: dict[str, float]) -> None:
         """Pairing (the sum of a call's shards: g_h itself when the weights are 1/2, 1/2) and
         span (the unsupervised best combination, scored call by call)."""
         shards = defaultdict(list)  # one backprop call: (step, adapter) -> its shards here
         for c in calls:
             if c.kind == "grad":
                 shards[(c.step, c.adapter)].append(c)
-        out: dict[str, float] = {}
         for adapter in sorted({a for _, a in shards}):  # each set's gradients scale their own way
             paired = [g for (_, a), g in shards.items() if a == adapter and len(g) > 1]
             if not paired:
@@ -106,42 +98,33 @@ class HostViews:
                 )
                 for g in paired
             ]
-            found = {
-                "leak_pairing_spectral": attacks.leak(attacks.spectral_attack(v), y),
-                "leak_pairing_norm": attacks.leak(attacks.norm_attack(v), y),
-                "leak_span_spectral": float(np.mean(span)),
-            }
-            for name, value in found.items():
-                out[name] = max(out.get(name, 0.0), value)
-        return out
+            keep_worst(out, "leak_pairing_spectral", attacks.leak(attacks.spectral_attack(v), y))
+            keep_worst(out, "leak_pairing_norm", attacks.leak(attacks.norm_attack(v), y))
+            keep_worst(out, "leak_span_spectral", float(np.mean(span)))
 
-    def _recomputed(self, calls: list[Call]) -> dict[str, float]:
+    def _recomputed(self, calls: list[Call], out: dict[str, float]) -> None:
         """Activations the host computes itself from weights it was sent: h_a - h_b for every
         two adapter sets (their latest weights, on every input of the window; unsupervised
         and with a probe on 20 known labels), and forward(x_t, theta_t') - forward(x_t,
         theta_t) for consecutive weights theta_t, theta_t' of one set."""
-        out = {}
         latest: dict[int, Call] = {}
         inputs: dict[int, Call] = {}  # step -> a call carrying that step's batch
         for c in calls:
-            if c.step > 0:  # evaluation calls carry test inputs: no labels to score there
-                inputs.setdefault(c.step, c)
-                if c.adapter not in latest or c.step >= latest[c.adapter].step:
-                    latest[c.adapter] = c
-        if not inputs:
-            return out
+            inputs.setdefault(c.step, c)
+            if c.adapter not in latest or c.step >= latest[c.adapter].step:
+                latest[c.adapter] = c
         batches = list(inputs.values())
         y = np.concatenate([c.labels for c in batches])
         if len(latest) > 1:
             h = {a: self._forward(batches, c) for a, c in latest.items()}
             for a, b in combinations(sorted(h), 2):
                 diff = h[a] - h[b]
-                spectral = attacks.leak(attacks.spectral_attack(diff), y)
-                out["leak_actdiff_spectral"] = max(out.get("leak_actdiff_spectral", 0), spectral)
-                probe = attacks.probe_leak(diff, y)
-                out["leak_actdiff_probe"] = max(out.get("leak_actdiff_probe", 0), probe)
+                keep_worst(
+                    out, "leak_actdiff_spectral", attacks.leak(attacks.spectral_attack(diff), y)
+                )
+                keep_worst(out, "leak_actdiff_probe", attacks.probe_leak(diff, y))
         for adapter in latest:
-            seen = sorted({c.step: c for c in calls if c.adapter == adapter and c.step > 0}.items())
+            seen = sorted({c.step: c for c in calls if c.adapter == adapter}.items())
             diffs, labels = [], []
             for (_, before), (_, after) in zip(seen, seen[1:], strict=False):
                 diffs.append(self._forward([before], after) - self._forward([before], before))
@@ -149,8 +132,7 @@ class HostViews:
             if diffs:  # their label direction drifts: oriented step to step
                 scores = attacks.oriented_spectral_attack(diffs)
                 update = attacks.leak(scores, np.concatenate(labels))
-                out["leak_update_spectral"] = max(out.get("leak_update_spectral", 0), update)
-        return out
+                keep_worst(out, "leak_update_spectral", update)
 
     def _forward(self, batches: list[Call], weights: Call) -> np.ndarray:
         """forward(x, theta) on the batches' inputs with the weights of `weights`' call."""
@@ -158,6 +140,11 @@ class HostViews:
         return np.concatenate(
             [self.backbone.forward(c.x, slot, weights.theta).numpy() for c in batches]
         )
+
+
+def keep_worst(out: dict[str, float], name: str, value: float) -> None:
+    """out[name] = the worst (largest) value seen for that attack."""
+    out[name] = max(out.get(name, 0.0), value)
 
 
 def stack(calls: list[Call]) -> tuple[np.ndarray, np.ndarray]:
