@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -50,3 +52,13 @@ class NoOptions(BaseModel, extra="forbid", allow_inf_nan=False):
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a plain or gzipped (by the .gz suffix) UTF-8 text file."""
+    path = Path(path)
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.suffix == ".gz"
+        else path.open(encoding="utf-8")
+    )

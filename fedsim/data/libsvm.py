@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from pydantic import BaseModel, Field
 from sklearn.model_selection import train_test_split
 
-from fedsim.data.base import DATASETS, Dataset, DatasetSpec
+from fedsim.data.base import DATASETS, Dataset, DatasetSpec, open_text
 from fedsim.data.config import DataConfig
 
 
@@ -22,11 +20,6 @@ class LibsvmOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     n_features: int | None = Field(None, ge=1)  # None: the largest feature index in the files
 
 
-def _open_text(path: Path) -> IO[str]:
-    """Open a plain or gzipped (by the .gz suffix) text file."""
-    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
-
-
 def _read_raw(path: str | Path, n_features: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Dense features and the labels as written (float64); lines are `label idx:val ...`."""
     path = Path(path)
@@ -36,7 +29,7 @@ def _read_raw(path: str | Path, n_features: int | None) -> tuple[np.ndarray, np.
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []
-    with _open_text(path) as lines:
+    with open_text(path) as lines:
         for line in lines:
             tokens = line.split("#", 1)[0].split()
             if not tokens:

@@ -6,14 +6,13 @@ a backbone's own tokenizer reads the sentence back as text."""
 from __future__ import annotations
 
 import csv
-import gzip
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from fedsim.data.base import DATASETS, Dataset, DatasetSpec
+from fedsim.data.base import DATASETS, Dataset, DatasetSpec, open_text
 from fedsim.data.config import DataConfig
 
 PAD = 0  # word id 0 is padding ("" in the vocabulary): sentences differ in length
@@ -32,8 +31,7 @@ class TextOptions(BaseModel, extra="forbid", allow_inf_nan=False):
 
 def read_tsv(path: str | Path, text: str, label: str) -> tuple[list[str], np.ndarray]:
     """Sentences and integer labels of a TSV file with a header row."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
+    with open_text(path) as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows or text not in rows[0] or label not in rows[0]:
         found = list(rows[0]) if rows else []
