@@ -5,11 +5,12 @@ method's client round computes with, for one client (a Flower message) or for ma
 Every tensor a method sees has a leading client dimension C. Two engines compute the
 gradients: `vmap` evaluates all C clients as one batched computation (torch.func's
 vmap(grad(functional_call)) over the stacked parameters and padded batches), `loop` runs
-each client through the model itself (autograd, and Opacus's private gradients under
-DP-SGD). One client always takes the loop: it is the sequential path. Models above
-VMAP_PARAMS parameters on a CPU take it too, where stacking does not pay; a cohort of them
-runs its clients side by side instead, one model replica and one single-threaded worker per
-core (a batch-32 step of one client is too small to keep two cores busy).
+each client through the model itself (autograd). Under DP-SGD both compute the noisy
+clipped gradient of privacy/clipping.py (per example inside per client). One client always
+takes the loop: it is the sequential path. Models above VMAP_PARAMS parameters on a CPU
+take it too, where stacking does not pay; a cohort of them runs its clients side by side
+instead, one model replica and one single-threaded worker per core (a batch-32 step of one
+client is too small to keep two cores busy; under DP-SGD one after another on the model).
 Each client draws its batches from its own generator, step by step, exactly as alone.
 """
 
@@ -28,13 +29,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, jvp, vmap
 
+from fedsim.allocator import keep_freed_memory
 from fedsim.codecs import readonly_tensor
 from fedsim.config import PrivacyConfig
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Adversaries, Failures
 from fedsim.method import METHODS, FederatedMethod, Params
 from fedsim.models import VMAP_PARAMS, ModelConfig, bind, build_model, flat_params, loss_fn
-from fedsim.privacy.mechanisms import PrivateGradients, poisson_batches
+from fedsim.privacy.clipping import PrivateGradients
+from fedsim.privacy.mechanisms import poisson_batches
 from fedsim.registry import load_plugins
 
 
@@ -130,8 +133,8 @@ class Batch:
 
 class Cohort:
     """f_i(x_i) = mean loss over a batch of client i's examples + (l2_i/2)||x_i||^2 for C
-    clients at once; x is [C, d]. With `private` (DP-SGD) every data gradient is Opacus's
-    private one on Poisson batches (loop engine)."""
+    clients at once; x is [C, d]. With `private` (DP-SGD) every data gradient is the
+    noisy clipped one on Poisson batches."""
 
     def __init__(self, model: nn.Module, shards: list[Shard], classes: int, vectorize: bool):
         self.model, self.shards, self.classes = model, shards, classes
@@ -143,9 +146,10 @@ class Cohort:
         self.l2 = torch.tensor([s.l2 for s in shards], device=self.device)
         self.regularized = any(s.l2 for s in shards)
         small = model.flat_buffer.numel() <= VMAP_PARAMS or self.device.type == "cuda"
-        batched = vectorize and len(shards) > 1 and self.private is None
+        batched = vectorize and len(shards) > 1
         self.vmap = batched and small
-        self.replicas = replicas(model) if batched and not small else [model]
+        threads = batched and not small and self.private is None  # hooks: one model
+        self.replicas = replicas(model) if threads else [model]
         self.gens: list[torch.Generator] = []
         self.expected: list[float] = []
 
@@ -240,7 +244,8 @@ class Cohort:
             loss, parts = self._client_grad(c, model, params, batch)
             if self.shards[c].l2:  # without building the flat gradient
                 self.x[c].mul_(1.0 - lr * self.shards[c].l2)
-            torch._foreach_add_([p.data for p in params], list(parts), alpha=-lr)
+            targets = [self.x[c]] if self.private is not None else [p.data for p in params]
+            torch._foreach_add_(targets, list(parts), alpha=-lr)
             return loss
 
         data = self._each(batch.clients, step)
@@ -312,11 +317,12 @@ class Cohort:
     def _client_grad(
         self, c: int, model: nn.Module, params: list[nn.Parameter], batch: Batch
     ) -> tuple[float, tuple[Tensor, ...]]:
-        """Client c's data loss and gradient on its batch (Opacus's private one under
-        DP-SGD, which runs on the one model)."""
+        """Client c's data loss and gradient on its batch: per parameter, or under DP-SGD the
+        flat private one (on the one model: its hooks are the model's)."""
         xb, yb = self._rows(c, batch.rows[c])
         if self.private is not None:
-            return self.private(self.loss, xb, yb, self.expected[c], self.gens[c])
+            value, flat = self.private(self.loss, xb, yb, self.expected[c], self.gens[c])
+            return value, (flat,)
         out = self.loss(model(xb), yb)
         return float(out.detach()), torch.autograd.grad(out, params)
 
@@ -348,21 +354,39 @@ class Cohort:
     def _layout(self) -> list[tuple[str, torch.Size, int]]:
         return [(name, p.shape, p.numel()) for name, p in self.model.named_parameters()]
 
-    def _masked_loss(self, x: Tensor, xb: Tensor, yb: Tensor, mask: Tensor) -> Tensor:
+    def _unflatten(self, x: Tensor) -> dict[str, Tensor]:
         params, offset = {}, 0
         for name, shape, size in self._layout:
             params[name] = x[offset : offset + size].view(shape)
             offset += size
-        per_example = self.loss(functional_call(self.model, params, (xb,)), yb, reduction="none")
+        return params
+
+    def _masked_loss(self, x: Tensor, xb: Tensor, yb: Tensor, mask: Tensor) -> Tensor:
+        out = functional_call(self.model, self._unflatten(x), (xb,))
+        per_example = self.loss(out, yb, reduction="none")
         return (per_example * mask).sum() / mask.sum().clamp(min=1.0)
 
     def _vmap_grads(self, batch: Batch) -> tuple[Tensor, Tensor]:
         idx, mask = batch.padded(self.sizes, self.device)
         xb, yb = self._gather(idx)
+        if self.private is not None:
+            return self._private_grads(batch, xb, yb, mask)
         g, value = vmap(grad_and_value(self._masked_loss))(self.x, xb, yb, mask)
         if not all(batch.flags):
             g.mul_(batch.active[:, None])
         return value.tolist(), g
+
+    def _private_grads(self, batch: Batch, xb: Tensor, yb: Tensor, mask: Tensor):
+        """The cohort's clipped sums as one batched computation, then each active client's
+        noise from its own generator, over its expected batch size (as one client alone)."""
+        expected = torch.tensor(self.expected, device=self.device)
+        means, totals = self.private.cohort(
+            self._unflatten, self.loss, self.x, xb, yb, mask, expected
+        )
+        g = torch.zeros_like(self.x)
+        for c in batch.clients:
+            g[c] = self.private.noisy(means[c], self.expected[c], self.gens[c])
+        return [float(t) / max(1, k) for t, k in zip(totals, batch.sizes, strict=True)], g
 
 
 def replicas(model: nn.Module) -> list[nn.Module]:
@@ -421,7 +445,8 @@ def minibatches(
 @lru_cache(maxsize=4)
 def _model(model_json: str, in_features: int, classes: int, device: str, dp: str) -> nn.Module:
     """One model object (and flat buffer) per process, architecture and DP-SGD setting;
-    under DP-SGD it carries Opacus's private-gradient machinery (`dp` is its JSON)."""
+    under DP-SGD it carries its private gradients (hooks on its layers) (`dp` is its JSON)."""
+    keep_freed_memory()  # the steps' temporaries stay in the process (fedsim/allocator.py)
     cfg = ModelConfig.model_validate_json(model_json)
     model = build_model(cfg, in_features, classes, seed=0).to(device)
     model.flat_buffer = flat_params(model)

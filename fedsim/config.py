@@ -52,8 +52,8 @@ class ScenarioError(ValueError):
 class PrivacyConfig(BaseModel):
     """Which mechanism, how much noise (or a target epsilon), the clipping norm and delta.
 
-    - `dp_sgd`: sample-level DP-SGD in local training (Opacus per-sample clipping and
-      Gaussian noise, Poisson batches of expected size `algorithm.batch_size`);
+    - `dp_sgd`: sample-level DP-SGD in local training (per-example clipping and Gaussian
+      noise, Poisson batches of expected size `algorithm.batch_size`);
     - `dp_fedavg`: client-level DP: each client update clipped to C, Gaussian noise at the
       server, cohort sampling at rate `algorithm.fraction`;
     - `local`: every client clips and noises the vector it sends (before encoding).
@@ -71,6 +71,12 @@ class PrivacyConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="C: the clipping norm")
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv"] = "rdp"
+    epsilon_report: Literal["every_round", "participation"] | None = Field(
+        None,
+        description="dp_sgd and local: the rows' epsilon as if the most exposed client took"
+        " part in every round (conservative; what a target is calibrated for) or over each"
+        " client's actual participations; default every_round (participation under fedbuff)",
+    )
 
     @model_validator(mode="after")
     def _one_noise_setting(self) -> PrivacyConfig:
@@ -279,6 +285,17 @@ def check_supported(method: Method, scenario: Scenario) -> None:
             f"algorithm.aggregation: {a.aggregation!r} is not supported by {by}"
             f" (allowed: {sorted(sup.aggregation)})"
         )
+    if mech == "dp_fedavg" and (a.min_clients != 1 or system.policy == "overcommit"):
+        key, value = (
+            ("algorithm.min_clients", a.min_clients)
+            if a.min_clients != 1
+            else ("system.policy", "overcommit")
+        )
+        raise ValueError(
+            f"{key}: {value!r} with privacy.mechanism 'dp_fedavg': its accountant assumes each"
+            " client joins a round independently with probability algorithm.fraction (Poisson"
+            " sampling, possibly an empty cohort), which a minimum or extra invitations break"
+        )
     if mech == "dp_fedavg" and a.aggregation != "mean":
         raise ValueError(
             f"algorithm.aggregation: {a.aggregation!r} with privacy.mechanism 'dp_fedavg':"
@@ -288,8 +305,6 @@ def check_supported(method: Method, scenario: Scenario) -> None:
         why = None
         if scenario.runtime != "inprocess":
             why = f"runtime {scenario.runtime!r} runs each client in its own ClientApp"
-        elif mech == "dp_sgd":
-            why = "privacy.mechanism 'dp_sgd' runs client by client (Opacus)"
         elif not sup.vectorized:
             why = f"{by} has no batched client round"
         if why:
@@ -298,6 +313,16 @@ def check_supported(method: Method, scenario: Scenario) -> None:
         raise ValueError(
             "privacy.mechanism: 'dp_fedavg' with system.policy 'fedbuff': the accountant"
             " assumes a sampled cohort per round, which asynchronous buffering does not have"
+        )
+    if scenario.privacy.epsilon_report is not None and mech not in ("dp_sgd", "local"):
+        raise ValueError(
+            f"privacy.epsilon_report: {scenario.privacy.epsilon_report!r} is for the"
+            f" client-side mechanisms 'dp_sgd' and 'local', not {mech!r}"
+        )
+    if system.policy == "fedbuff" and scenario.privacy.epsilon_report == "every_round":
+        raise ValueError(
+            "privacy.epsilon_report: 'every_round' with system.policy 'fedbuff': there are no"
+            " rounds to take part in (use 'participation')"
         )
     if system.policy == "fedbuff" and mech != "none" and scenario.privacy.noise_multiplier is None:
         raise ValueError(

@@ -82,10 +82,15 @@ class CoordinateWise:
 
 class ClipAndNoise:
     """DP-FedAvg around a sum: every update clipped to l2 norm C and weighing the same,
-    then (sum_i clip(v_i) + N(0, sigma^2 C^2)) / m with m the cohort size."""
+    then (sum_i clip(v_i) + N(0, sigma^2 C^2)) / (q N), the expected size of the Poisson
+    cohort (McMahan et al. 2018's fixed denominator: one client moves it by at most C / qN,
+    whatever the cohort's size, even an empty one)."""
 
-    def __init__(self, c: float, sigma: float, cohort: int, rng: np.random.Generator) -> None:
-        self.inner, self.c, self.sigma, self.cohort, self.rng = WeightedSum(), c, sigma, cohort, rng
+    def __init__(
+        self, c: float, sigma: float, expected: float, rng: np.random.Generator, dim: int
+    ) -> None:
+        self.inner, self.c, self.sigma, self.rng = WeightedSum(), c, sigma, rng
+        self.expected, self.dim = expected, dim
 
     @property
     def count(self) -> int:
@@ -96,11 +101,12 @@ class ClipAndNoise:
         self.inner.add(v if norm <= self.c else v * np.float32(self.c / norm), 1.0)
 
     def value(self) -> Tensor:
-        total = self.inner.total.numpy()
+        total = self.inner.total
+        total = np.zeros(self.dim, np.float32) if total is None else total.numpy()
         noisy = (
             total + self.rng.normal(0.0, self.sigma * self.c, total.shape) if self.sigma else total
         )
-        return torch.from_numpy(np.asarray(noisy, dtype=np.float32) / np.float32(self.cohort))
+        return torch.from_numpy(np.asarray(noisy, dtype=np.float32) / np.float32(self.expected))
 
 
 class ClientMetrics:

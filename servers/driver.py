@@ -30,7 +30,7 @@ from fedsim.config import Scenario
 from fedsim.heterogeneity import INJECTED, Profiles, invitations, on_time, settle
 from fedsim.method import Aggregate
 from fedsim.privacy.accounting import epsilon as privacy_epsilon
-from fedsim.privacy.plan import metadata
+from fedsim.privacy.plan import every_round, metadata, reported
 from fedsim.results import MetricsWriter, RunFailed, summarize
 from fedsim.seeding import derive_seed
 
@@ -45,7 +45,7 @@ from .aggregate import (
     in_cohort_order,
 )
 from .evaluate import Evaluator
-from .nodes import cohort_size, discover_partitions, sample_partitions
+from .nodes import cohort_size, discover_partitions, poisson_partitions, sample_partitions
 from .rows import Row
 
 DISPATCH_STREAM = 21
@@ -123,12 +123,15 @@ class Federation:
         )
         return False
 
-    def rule(self, rnd: int, cohort: int):
+    def rule(self, rnd: int):
         """The aggregation rule: the scenario's robust rule or mean, DP-FedAvg around it."""
-        s, a = self.scenario, self.scenario.algorithm
-        if s.privacy.mechanism == "dp_fedavg":
+        s, a, p = self.scenario, self.scenario.algorithm, self.scenario.privacy
+        if p.mechanism == "dp_fedavg":  # over the expected cohort q N, fixed
             rng = np.random.default_rng(derive_seed(s.seed, rnd, DP_STREAM))
-            return ClipAndNoise(s.privacy.max_grad_norm, s.privacy.noise_multiplier, cohort, rng)
+            expected = a.fraction * s.data.num_clients
+            return ClipAndNoise(
+                p.max_grad_norm, p.noise_multiplier, expected, rng, self.server.x.size
+            )
         if s.system.policy == "fedbuff":
             return Buffered()
         return WeightedSum() if a.aggregation == "mean" else CoordinateWise(a.aggregation, a.trim)
@@ -137,12 +140,11 @@ class Federation:
         self,
         updates: Iterable[tuple[Update, float]],
         rnd: int,
-        cohort: int,
         rounds_of: dict[int, int] | None = None,
     ) -> tuple[bool, ClientMetrics]:
         """Aggregate the (update, weight) pairs and apply the method's server step; non-finite
         updates are rejected and counted."""
-        rule, extras, metrics = self.rule(rnd, cohort), {}, ClientMetrics()
+        rule, extras, metrics = self.rule(rnd), {}, ClientMetrics()
         used, received = [], []
         for u, weight in updates:
             metrics.add(u.metrics)
@@ -154,8 +156,8 @@ class Federation:
             for k, v in u.extra.items():
                 extras.setdefault(k, WeightedSum()).add(v, 1.0)
             used.append(u.pid)
-        if not used:
-            return False, metrics
+        if not used and self.scenario.privacy.mechanism != "dp_fedavg":
+            return False, metrics  # (DP-FedAvg releases its noise even for an empty cohort)
         agg = Aggregate(rule.value(), {k: v.value() for k, v in extras.items()}, used, received)
         updated = self.server.step(agg, rnd, rounds_of)
         if updated and self.scenario.privacy.mechanism == "dp_fedavg":
@@ -260,15 +262,19 @@ def synchronous_round(fed: Federation, rnd: int, clock: float) -> tuple[Row, flo
     """One round: sample, send, admit replies under the policy, aggregate, step, record."""
     s, a, system = fed.scenario, fed.scenario.algorithm, fed.scenario.system
     eligible = fed.profiles.available_partitions(rnd, clock)
-    k = cohort_size(len(eligible), a.fraction, a.min_clients)
-    pids = sample_partitions(eligible, min(len(eligible), invitations(system, k)), s.seed, rnd)
+    if s.privacy.mechanism == "dp_fedavg":  # the sampling its accountant assumes
+        pids = poisson_partitions(eligible, a.fraction, s.seed, rnd)
+        k = len(pids)
+    else:
+        k = cohort_size(len(eligible), a.fraction, a.min_clients)
+        pids = sample_partitions(eligible, min(len(eligible), invitations(system, k)), s.seed, rnd)
     messages = fed.server.messages(rnd, pids)
     cohort = [m.metadata.dst_node_id for m in messages]
     down = {m.metadata.dst_node_id: payload_bytes(m) for m in messages}
     tally = Tally(fed, rnd, down)
     replies = tally.admit(fed.grid.send_and_receive(messages), cohort, k)
     decoded = ((u, u.weight) for u in map(fed.server.decode, in_cohort_order(replies, cohort)))
-    updated, metrics = fed.apply(decoded, rnd, len(cohort))
+    updated, metrics = fed.apply(decoded, rnd)
     for _ in replies:  # replies the aggregation did not need still count
         pass
     outcome = settle(system, tally.times, cohort, k)
@@ -324,10 +330,14 @@ def run_rounds(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool
     bar = tqdm(
         total=scenario.rounds, initial=done, desc=scenario.name, disable=not sys.stderr.isatty()
     )
+    report = reported(scenario)
+    planned = every_round(scenario) if report == "every_round" else None
     for rnd in range(done + 1, scenario.rounds + 1):
         row, clock, clients = synchronous_round(fed, rnd, clock)
-        spent = max(spent, row.epsilon or 0.0)
+        spent = max(spent, row.epsilon or 0.0)  # clients' participations, or the server's
         row.epsilon = spent if scenario.privacy.active else None
+        if planned is not None:
+            row.epsilon, row.epsilon_participation = planned(rnd), spent
         row.wall_s = time.perf_counter() - start
         writer.append(row.to_dict(), clients)
         bar.update()
@@ -365,7 +375,9 @@ def finish(fed: Federation, out_dir, writer: MetricsWriter, spent: float | None 
     rows = writer.rows
     if spent is None:
         spent = max((r.get("epsilon", 0.0) for r in rows), default=0.0)
-    extra = {"privacy": metadata(s, spent)}
+    final = rows[-1].get("epsilon", 0.0) if rows else 0.0
+    participation = spent if reported(s) else None
+    extra = {"privacy": metadata(s, final, participation)}
     if rows and rows[-1].get("diverged"):
         extra["diverged_at"] = rows[-1]["round"]
         print(
@@ -462,9 +474,8 @@ def fedbuff(fed: Federation, writer: MetricsWriter) -> MetricsWriter:
             continue
         stale = [version - b.version for b, _ in buffer]
         updates = [(u, staleness_weight(t)) for (_, u), t in zip(buffer, stale, strict=True)]
-        updated, metrics = fed.apply(
-            updates, version + 1, len(buffer), rounds_of={b.pid: b.seq for b, _ in buffer}
-        )
+        rounds_of = {b.pid: b.seq for b, _ in buffer}
+        updated, metrics = fed.apply(updates, version + 1, rounds_of=rounds_of)
         version += 1
         row = fed.row(
             version,

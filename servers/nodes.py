@@ -75,3 +75,13 @@ def sample_partitions(eligible, size: int, seed: int, server_round: int) -> list
         return [int(p) for p in eligible]
     rng = np.random.default_rng(derive_seed(seed, server_round, SAMPLING_STREAM))
     return sorted(int(eligible[i]) for i in rng.choice(len(eligible), size=size, replace=False))
+
+
+def poisson_partitions(eligible, q: float, seed: int, server_round: int) -> list[int]:
+    """Each eligible partition independently with probability q (DP-FedAvg's cohort, as its
+    accountant assumes; possibly empty), drawn from (seed, round) in increasing order: a
+    Binomial(n, q) count, then that many partitions uniformly (the same distribution, without
+    a coin per client of a ten-million population)."""
+    rng = np.random.default_rng(derive_seed(seed, server_round, SAMPLING_STREAM))
+    k = int(rng.binomial(len(eligible), q))
+    return sorted(int(eligible[i]) for i in rng.choice(len(eligible), size=k, replace=False))

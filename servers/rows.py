@@ -24,6 +24,7 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)  # a loop's own figures (leaks, ...)
     rejected: int | None = None  # non-finite updates kept out of the model
     epsilon: float | None = None  # the worst privacy loss so far
+    epsilon_participation: float | None = None  # over clients' actual participations
     updated: bool | None = None  # False: a void round, the model stayed
     invited: int | None = None
     available: int | None = None

@@ -82,7 +82,10 @@ def declared(method: str, policy: str, mechanism: str, aggregation: str) -> bool
         ok[policy]
         and (mechanism == "none" or mechanism in sup.privacy)
         and aggregation in sup.aggregation
-        and not (mechanism == "dp_fedavg" and (aggregation != "mean" or policy == "fedbuff"))
+        and not (
+            mechanism == "dp_fedavg"
+            and (aggregation != "mean" or policy in ("fedbuff", "overcommit"))
+        )
     )
 
 

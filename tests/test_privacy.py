@@ -14,30 +14,123 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 from fedsim.config import ScenarioError
-from fedsim.privacy.mechanisms import PrivateGradients, clip, gaussian
-from fedsim.results import read_metrics
+from fedsim.privacy.clipping import PrivateGradients
+from fedsim.privacy.mechanisms import clip, gaussian
+from fedsim.results import read_metrics, read_summary
 from fedsim.runtime import launch
 
 from .conftest import REPO, logreg_scenario, small_scenario
 
+MODELS = {  # every kind of layer DP-SGD clips here, each with its per-example shapes
+    "mlp": (lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)), (8, 6)),
+    "conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 3, (3, 2), stride=2, dilation=(1, 2), padding=(1, 0), bias=False),
+            nn.Flatten(),
+            nn.Linear(3 * 4 * 2, 3),
+        ),
+        (8, 2, 7, 6),
+    ),
+    "sequence": (
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Flatten(), nn.Linear(20, 3)),
+        (8, 4, 6),
+    ),
+}
 
-def test_private_gradient_is_the_clipped_per_example_sum_over_the_expected_batch():
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_private_gradient_is_the_clipped_per_example_sum_over_the_expected_batch(kind):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-    x, y = 3 * torch.randn(8, 6), torch.randint(0, 3, (8,))
+    make, shape = MODELS[kind]
+    model = make()
+    x, y = 3 * torch.randn(*shape), torch.randint(0, 3, (shape[0],))
     c, expected = 0.3, 10.0
-    _, grads = PrivateGradients(model, 0.0, c)(nn.functional.cross_entropy, x, y, expected, None)
-    total = [torch.zeros_like(p) for p in model.parameters()]
+    _, flat = PrivateGradients(model, 0.0, c)(nn.functional.cross_entropy, x, y, expected, None)
+    params = list(model.parameters())
+    total = torch.zeros(sum(p.numel() for p in params))
     for i in range(len(y)):  # an independent per-example loop
         g = torch.autograd.grad(
-            nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), list(model.parameters())
+            nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params
         )
-        norm = torch.sqrt(sum((gi**2).sum() for gi in g))
-        scale = min(1.0, c / (float(norm) + 1e-6))
-        assert float(norm) * scale <= c + 1e-6  # every example's gradient has norm <= C
-        total = [t + scale * gi for t, gi in zip(total, g, strict=True)]
-    for ours, ref in zip(grads, total, strict=True):
-        torch.testing.assert_close(ours, ref / expected, rtol=1e-5, atol=1e-7)
+        g = torch.cat([gi.reshape(-1) for gi in g])
+        scale = min(1.0, c / (float(g.norm()) + 1e-6))
+        assert float(g.norm()) * scale <= c + 1e-6  # every example's gradient has norm <= C
+        total += scale * g
+    torch.testing.assert_close(flat, total / expected, rtol=1e-5, atol=1e-7)
+    # and Opacus's own per-sample gradients (its hooks), clipped by its formula
+    from opacus.grad_sample import GradSampleModule
+
+    gsm = GradSampleModule(model)
+    nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
+    samples = torch.cat([p.grad_sample.reshape(len(y), -1) for p in params], 1)
+    clipped = samples * (c / (samples.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
+    gsm._close()
+    assert float((flat * expected - clipped.sum(0)).abs().max()) < 1e-6
+
+
+def test_a_cohort_of_private_clients_is_each_client_alone():
+    """The batched path (vmap over clients, padded Poisson batches) gives each client's
+    gradient of the one-client path, noise included (the same generator draws)."""
+    torch.manual_seed(1)
+    make, shape = MODELS["conv"]
+    model = make()
+    private = PrivateGradients(model, 1.1, 0.4)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    x = torch.stack(
+        [torch.nn.utils.parameters_to_vector(model.parameters()) + 0.1 * k for k in range(3)]
+    )
+    batch = [torch.randn(k, *shape[1:]) for k in (5, 0, 8)]  # unequal, one empty
+    labels = [torch.randint(0, 3, (len(b),)) for b in batch]
+    width = 8
+    xb = torch.zeros(3, width, *shape[1:])
+    yb = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width)
+    for c, (b, lab) in enumerate(zip(batch, labels, strict=True)):
+        xb[c, : len(b)], yb[c, : len(b)], mask[c, : len(b)] = b, lab, 1.0
+
+    def unflatten(v):
+        return dict(
+            zip(
+                names,
+                (t.view_as(p) for t, p in zip(v.split(sizes), model.parameters(), strict=True)),
+                strict=True,
+            )
+        )
+
+    expected = torch.tensor([6.0, 6.0, 7.0])
+    means, totals = private.cohort(
+        unflatten, nn.functional.cross_entropy, x, xb, yb, mask, expected
+    )
+    for c in range(3):
+        torch.nn.utils.vector_to_parameters(x[c], model.parameters())
+        alone_gen, cohort_gen = torch.Generator().manual_seed(c), torch.Generator().manual_seed(c)
+        value, alone = private(
+            nn.functional.cross_entropy, batch[c], labels[c], float(expected[c]), alone_gen
+        )
+        batched = private.noisy(means[c], float(expected[c]), cohort_gen)
+        torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+        assert float(totals[c]) == pytest.approx(value * len(batch[c]), rel=1e-5, abs=1e-6)
+
+
+def test_a_layer_it_cannot_clip_is_refused_at_load(monkeypatch):
+    from fedsim.models import MODELS as REGISTRY
+
+    monkeypatch.setattr(REGISTRY, "_entries", dict(REGISTRY._entries))  # restored afterwards
+
+    @REGISTRY("normed", "a Linear, a LayerNorm and a Linear")
+    def normed(cfg, in_features, classes):
+        return nn.Sequential(nn.Linear(in_features, 8), nn.LayerNorm(8), nn.Linear(8, classes))
+
+    dp = {"mechanism": "dp_sgd", "noise_multiplier": 1.0}
+    message = (
+        "scenario.model.name: 'normed' with privacy.mechanism 'dp_sgd': layer '1' is a LayerNorm"
+    )
+    with pytest.raises(ScenarioError, match="^" + message.replace(".", r"\.")):
+        small_scenario(model={"name": "normed"}, privacy=dp)
+    small_scenario(model={"name": "normed"})  # without DP-SGD it loads
 
 
 def test_noise_std_is_sigma_times_c():
@@ -47,10 +140,10 @@ def test_noise_std_is_sigma_times_c():
     gen = torch.Generator().manual_seed(0)
     draws = []
     for _ in range(40):  # empty Poisson batches: the gradient is the noise over the batch
-        _, grads = private(
+        _, flat = private(
             nn.functional.cross_entropy, torch.zeros(0, 50), torch.zeros(0).long(), expected, gen
         )
-        draws.append(torch.cat([g.reshape(-1) for g in grads]) * expected)
+        draws.append(flat * expected)
     std = float(torch.cat(draws).std())
     assert std == pytest.approx(sigma * c, rel=0.05)
     rng = np.random.default_rng(0)
@@ -187,3 +280,110 @@ def test_every_gradient_method_stays_within_its_target(tmp_path, algorithm):
     launch(s, tmp_path)
     spent = read_metrics(tmp_path)[-1]["epsilon"]
     assert 0 < spent <= 5.0
+
+
+def test_the_dp_fedavg_cohort_is_poisson_sampled_at_rate_q():
+    from servers.nodes import poisson_partitions
+
+    n, q, rounds = 10, 0.3, 3000
+    counts = np.zeros(n)
+    sizes = []
+    for r in range(1, rounds + 1):
+        picked = poisson_partitions(range(n), q, 7, r)
+        counts[picked] += 1
+        sizes.append(len(picked))
+    sigma = np.sqrt(rounds * q * (1 - q))
+    assert np.all(np.abs(counts - rounds * q) <= 3 * sigma)  # each client's inclusion rate
+    assert np.var(sizes) == pytest.approx(n * q * (1 - q), rel=0.15)  # Binomial, not fixed
+    assert poisson_partitions(range(n), q, 7, 5) == poisson_partitions(range(n), q, 7, 5)
+
+
+def independent_prv(sigma, q, steps, delta):
+    from opacus.accountants import PRVAccountant
+
+    acc = PRVAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_dp_fedavg_samples_by_poisson_and_accounts_for_it(tmp_path, accountant):
+    s = small_scenario(
+        rounds=6,
+        algorithm={"name": "local_sgd", "local_steps": 2, "batch_size": 16, "fraction": 0.4},
+        privacy={"mechanism": "dp_fedavg", "noise_multiplier": 1.2, "accountant": accountant},
+    )
+    launch(s, tmp_path)
+    rows, summary = read_metrics(tmp_path), read_summary(tmp_path)
+    assert len({r["invited"] for r in rows}) > 1  # the cohort's size is random
+    reference = independent_prv if accountant == "prv" else independent_epsilon
+    for r, row in enumerate(rows, start=1):
+        assert row["epsilon"] == pytest.approx(reference(1.2, 0.4, r, 1e-5), rel=1e-6)
+    p = summary["privacy"]
+    assert "Poisson sampling of clients at rate algorithm.fraction" in p["accountant_assumes"]
+    assert p["run_sampling"].startswith("Poisson cohorts")
+
+
+def test_an_empty_poisson_cohort_still_releases_the_noise(tmp_path):
+    s = small_scenario(
+        rounds=8,
+        data__num_clients=3,
+        algorithm={"name": "local_sgd", "local_steps": 1, "batch_size": 16, "fraction": 0.15},
+        privacy={"mechanism": "dp_fedavg", "noise_multiplier": 1.0},
+    )
+    launch(s, tmp_path)
+    rows = read_metrics(tmp_path)
+    empty = [r for r in rows if r["invited"] == 0]
+    assert empty and all(r["updated"] for r in empty)  # noise alone moved the model
+    assert rows[-1]["epsilon"] == pytest.approx(independent_epsilon(1.0, 0.15, 8, 1e-5), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"algorithm__min_clients": 2}, "scenario.algorithm.min_clients: 2 with privacy.mechanism"),
+        (
+            {"system": {"policy": "overcommit", "overcommit": 0.5}},
+            "scenario.system.policy: 'overcommit' with privacy.mechanism 'dp_fedavg'",
+        ),
+        ({"privacy__epsilon_report": "participation"}, "scenario.privacy.epsilon_report"),
+    ],
+)
+def test_sampling_the_accountant_does_not_assume_is_refused(over, message):
+    with pytest.raises(ScenarioError, match="^" + message.replace(".", r"\.")):
+        small_scenario(
+            algorithm={"name": "local_sgd", "fraction": 0.5},
+            privacy={"mechanism": "dp_fedavg", "noise_multiplier": 1.0},
+            **over,
+        )
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_dp_sgd_reports_every_round_and_actual_participation(tmp_path, accountant):
+    from fedsim.data import client_data
+
+    s = small_scenario(
+        rounds=4,
+        algorithm={"name": "local_sgd", "local_steps": 3, "batch_size": 16, "fraction": 0.5},
+        privacy={"mechanism": "dp_sgd", "noise_multiplier": 1.0, "accountant": accountant},
+    )
+    launch(s, tmp_path)
+    rows, clients = read_metrics(tmp_path), read_metrics(tmp_path, "clients.jsonl")
+    reference = independent_prv if accountant == "prv" else independent_epsilon
+    sizes = [len(client_data(s.data, s.seed, pid)[1]) for pid in range(s.data.num_clients)]
+    for r, row in enumerate(rows, start=1):  # as if the smallest client took part each round
+        assert row["epsilon"] == pytest.approx(
+            reference(1.0, 16 / min(sizes), 3 * r, 1e-5), rel=1e-6
+        )
+    actual = max(
+        reference(1.0, 16 / n, sum(c["grad_evals"] for c in clients if c["partition"] == pid), 1e-5)
+        for pid, n in enumerate(sizes)
+        if any(c["partition"] == pid for c in clients)
+    )
+    assert rows[-1]["epsilon_participation"] == pytest.approx(actual, rel=1e-6)
+    assert rows[-1]["epsilon_participation"] < rows[-1]["epsilon"]  # half the rounds each
+    p = read_summary(tmp_path)["privacy"]
+    assert p["epsilon_reported"] == "every_round" and p["final_epsilon"] == rows[-1]["epsilon"]
+    assert p["epsilon_participation"] == rows[-1]["epsilon_participation"]
+    assert "Poisson batches" in p["run_sampling"]

@@ -151,15 +151,31 @@ def test_the_worker_threads_give_each_client_its_own_gradient():
     assert torch.get_num_threads() == len(cohort.replicas)  # the setting is restored
 
 
-def test_what_cannot_be_batched_falls_back_and_says_so(capsys):
-    dp = {"mechanism": "dp_sgd", "noise_multiplier": 1.0}
-    assert cohort_chunk(small_scenario(privacy=dp)) is None
-    assert "clients run one by one (DP-SGD goes through Opacus)" in capsys.readouterr().err
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_a_private_cohort_is_one_batched_computation_with_the_sequential_result(tmp_path, model):
+    """DP-SGD per example inside per client: Poisson batches of unequal sizes padded and
+    masked, each client's noise from its own generator, as alone."""
+    over = {
+        "model__name": model,
+        "algorithm": {"name": "local_sgd", "local_steps": 3, "batch_size": 16, "fraction": 0.7},
+        "privacy": {"mechanism": "dp_sgd", "noise_multiplier": 0.8, "max_grad_norm": 0.5},
+    }
+    seq = run(tmp_path, "seq", execution="sequential", **over)
+    vec = run(tmp_path, "vec", execution="vectorized", **over)
+    plain = run(tmp_path, "plain", execution="vectorized", **{**over, "privacy": {}})
+    assert np.abs(plain[1] - vec[1]).max() > 1e-2  # the noise and clipping were applied
+    assert vec[0][-1]["epsilon"] > 0
+    assert_same(seq, vec, f"dp_sgd {model}")
+
+
+def test_what_is_not_batched_runs_client_by_client():
+    split = load_scenario({"data": {"dataset": "sentences"}, "algorithm": {"name": "split_lora"}})
+    assert cohort_chunk(split) is None  # split learning's own protocol
     assert cohort_chunk(small_scenario(execution="sequential")) is None
     assert cohort_chunk(small_scenario()) > 1
     big = {"model__hidden": [2400]}  # 180,010 parameters: above VMAP_PARAMS
     assert cohort_chunk(small_scenario(**big)) == 2 * torch.get_num_threads()
-    with pytest.raises(ScenarioError, match="execution: 'vectorized' is not possible"):
-        load_scenario(small_scenario(privacy=dp).to_dict() | {"execution": "vectorized"})
+    dp = {"mechanism": "dp_sgd", "noise_multiplier": 1.0}
+    assert cohort_chunk(small_scenario(privacy=dp)) > 1  # per example inside per client
     with pytest.raises(ScenarioError, match="runtime 'simulation' runs each client"):
         small_scenario(runtime="simulation", execution="vectorized")

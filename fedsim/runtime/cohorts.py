@@ -25,13 +25,8 @@ def cohort_chunk(scenario: Scenario) -> int | None:
         return None
     if not isinstance(method, FederatedMethod):
         return None
-    why = None
     if not method.supports.vectorized:
-        why = "no batched round"
-    elif scenario.privacy.mechanism == "dp_sgd":
-        why = "DP-SGD goes through Opacus"
-    if why:
-        print(f"fedsim: {method.name}: clients run one by one ({why})", file=sys.stderr)
+        print(f"fedsim: {method.name}: clients run one by one (no batched round)", file=sys.stderr)
         return None
     budget = (
         scenario.cohort_memory_gb * GIB
