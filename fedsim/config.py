@@ -55,7 +55,7 @@ class PrivacyConfig(BaseModel):
     - `dp_sgd`: sample-level DP-SGD in local training (per-example clipping and Gaussian
       noise, Poisson batches of expected size `algorithm.batch_size`);
     - `dp_fedavg`: client-level DP: each client update clipped to C, Gaussian noise at the
-      server, cohort sampling at rate `algorithm.fraction`;
+      server, Poisson cohorts at rate `algorithm.fraction`;
     - `local`: every client clips and noises the vector it sends (before encoding).
     """
 
