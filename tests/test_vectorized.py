@@ -133,9 +133,9 @@ def test_the_worker_threads_give_each_client_its_own_gradient():
     shards = [Shard(torch.randn(n, 64), torch.randint(0, 10, (n,)), 0.0) for n in sizes]
     cohort = Cohort(model, shards, 10, vectorize=True)
     assert not cohort.vmap and len(cohort.replicas) == torch.get_num_threads()
-    seen = set()
-    for r in cohort.replicas:
-        r.register_forward_hook(lambda *_: seen.add(threading.current_thread().name))
+    seen = set()  # (replica, thread) pairs
+    for k, r in enumerate(cohort.replicas):
+        r.register_forward_hook(lambda *_, k=k: seen.add((k, threading.current_thread().name)))
     x = 0.05 * torch.randn(len(shards), model.flat_buffer.numel())
     cohort.bind(x)
     loss, g = cohort.loss_grad(cohort.all())
@@ -146,8 +146,11 @@ def test_the_worker_threads_give_each_client_its_own_gradient():
         ref_g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(ref, params)])
         assert float(loss[c]) == pytest.approx(float(ref.detach()), rel=1e-5)
         torch.testing.assert_close(g[c].double(), ref_g, rtol=1e-4, atol=1e-6)
-    if torch.get_num_threads() > 1:  # every worker ran clients, none on this thread
-        assert seen == {f"fedsim-client_{k}" for k in range(torch.get_num_threads())}
+    if torch.get_num_threads() > 1:  # every replica ran clients, on the pool, not this thread
+        # (which pool thread takes which share is the executor's choice: under load one
+        # thread may take both)
+        assert {k for k, _ in seen} == set(range(len(cohort.replicas)))
+        assert all(name.startswith("fedsim-client") for _, name in seen)
     assert torch.get_num_threads() == len(cohort.replicas)  # the setting is restored
 
 
