@@ -134,6 +134,11 @@ class PrivateGradients:
     def _hook(self, name: str, layer: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
         if self.taps is None:
             return None
+        if name in self.inputs:  # its input and output gradient would be the last call's
+            raise ValueError(
+                f"privacy.mechanism 'dp_sgd': layer {name!r} runs twice in one forward pass,"
+                " which per-example clipping here does not cover"
+            )
         self.inputs[name] = args[0].detach()
         tap = self.taps.get(name)
         if tap is None:  # autograd: the gradient is taken at the output itself

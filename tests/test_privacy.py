@@ -133,6 +133,20 @@ def test_a_layer_it_cannot_clip_is_refused_at_load(monkeypatch):
     small_scenario(model={"name": "normed"})  # without DP-SGD it loads
 
 
+def test_a_layer_run_twice_in_one_forward_pass_is_an_error_not_a_wrong_gradient():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.layer(torch.tanh(self.layer(x)))
+
+    private = PrivateGradients(Twice(), 0.0, 1.0)
+    with pytest.raises(ValueError, match="layer 'layer' runs twice in one forward pass"):
+        private(nn.functional.cross_entropy, torch.randn(3, 4), torch.tensor([0, 1, 2]), 3.0, None)
+
+
 def test_noise_std_is_sigma_times_c():
     sigma, c, expected = 1.3, 0.7, 4.0
     model = nn.Linear(50, 20)
