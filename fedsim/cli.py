@@ -1,4 +1,4 @@
-"""`fedsim run | sweep | report | plot | list | deploy`.
+"""`fedsim run | sweep | report | plot | list | deploy | supernode`.
 
 Bad input exits with code 2 and one line naming the key, the value and what is
 allowed, before any run directory exists.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         create_run_dir(out, scenario.to_toml(), overwrite=args.overwrite)
     except FileExistsError as e:
         raise ScenarioError(str(e)) from None
-    launch(scenario, out, federation=args.federation)
+    launch(scenario, out, federation=args.federation, server_dir=args.server_dir)
     return report(out)
 
 
@@ -168,12 +169,36 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(f"logs: {lay.logs}   FLWR_HOME: {lay.flwr_home}")
             print(f"run:  fedsim run SCENARIO --runtime deployment --federation {dep.connection}")
             print(f"stop: fedsim deploy down --dir {args.dir}")
-        else:
+        elif args.action == "down":
             stopped = deploy.down(args.dir)
             print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        elif args.action == "register":
+            deploy.register_supernode(args.dir, Path(args.public_key), args.name)
+            print(f"registered {args.public_key} with the SuperLink of {args.dir}")
+        elif args.action == "keygen":
+            key = Path(args.path)
+            if key.exists():
+                raise ScenarioError(f"keygen: {str(key)!r} exists (not overwritten)")
+            deploy.generate_node_key(key, key.with_name(key.name + ".pub"))
+            print(f"private key {key} (keep it on this SuperNode), public key {key}.pub")
+        else:  # connect
+            home = Path(args.flwr_home or os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+            if not args.insecure and not args.root_certificates:
+                raise ScenarioError("connect: --root-certificates CA_FILE (or --insecure)")
+            path = deploy.write_flower_config(
+                home, args.name, args.superlink, args.root_certificates, args.insecure
+            )
+            print(f"connection {args.name!r} -> {args.superlink} in {path}")
     except deploy.DeployError as e:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_supernode(args: argparse.Namespace) -> int:
+    from fedsim.runtime.supernode import main as supernode
+
+    supernode(args.options)
     return 0
 
 
@@ -201,6 +226,12 @@ def parser() -> argparse.ArgumentParser:
         help="SuperLink connection in FLWR_HOME's config.toml (deployment runtime; "
         "`fedsim deploy up` writes `fedsim-local` to .deploy/flwr_home)",
     )
+    run.add_argument(
+        "--server-dir",
+        metavar="DIR",
+        help="deployment runtime: where the ServerApp writes on the SuperLink's machine "
+        "(default: the --out path); the run directory comes back to --out either way",
+    )
     run.set_defaults(fn=cmd_run)
     sweep = sub.add_parser("sweep", help="run a sweep file: axes x seeds, one run per point")
     sweep.add_argument("sweep_file")
@@ -216,25 +247,52 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="registered algorithms, datasets, models, codecs").set_defaults(
         fn=cmd_list
     )
-    dep = sub.add_parser("deploy", help="a local SuperLink and SuperNodes (Flower deployment)")
-    dep.add_argument("action", choices=("up", "down"))
-    dep.add_argument(
+    dep = sub.add_parser("deploy", help="a Flower deployment: SuperLink, SuperNodes, keys")
+    acts = dep.add_subparsers(dest="action", required=True)
+    up = acts.add_parser("up", help="a SuperLink and N SuperNodes on this machine")
+    up.add_argument(
         "--supernodes", type=int, default=2, help="local SuperNodes to start (0: SuperLink only)"
     )
-    dep.add_argument("--dir", default=".deploy", help="certs, keys, FLWR_HOME, logs, pids")
-    dep.add_argument("--host", default="127.0.0.1", help="address SuperNodes reach")
-    dep.add_argument(
+    up.add_argument("--host", default="127.0.0.1", help="address SuperNodes reach")
+    up.add_argument(
         "--san", action="append", metavar="NAME_OR_IP", help="another name in the certificate"
     )
-    dep.add_argument("--port", type=int, default=None, help="SuperLink port (default: free)")
-    dep.add_argument(
+    up.add_argument("--port", type=int, default=None, help="SuperLink port (default: free)")
+    up.add_argument(
         "--insecure", action="store_true", help="no TLS, no SuperNode authentication (warns)"
     )
+    down = acts.add_parser("down", help="stop every process `deploy up` started")
+    reg = acts.add_parser("register", help="register a SuperNode's public key (SuperLink side)")
+    reg.add_argument("public_key")
+    reg.add_argument("--name", help="a name for the SuperNode")
+    for a in (up, down, reg):
+        a.add_argument("--dir", default=".deploy", help="certs, keys, FLWR_HOME, logs, pids")
+    keygen = acts.add_parser("keygen", help="a SuperNode key pair: PATH and PATH.pub")
+    keygen.add_argument("path")
+    conn = acts.add_parser(
+        "connect", help="write a SuperLink connection to FLWR_HOME (where runs are submitted)"
+    )
+    conn.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    conn.add_argument("--root-certificates", metavar="CA_FILE", help="the deployment's ca.crt")
+    conn.add_argument("--name", default="fedsim", help="the connection's name (--federation)")
+    conn.add_argument("--flwr-home", help="default: $FLWR_HOME, else ~/.flwr")
+    conn.add_argument("--insecure", action="store_true", help="plain HTTP (debugging only)")
     dep.set_defaults(fn=cmd_deploy)
+    node = sub.add_parser(
+        "supernode",
+        help="fedsim's SuperNode: flower-supernode with a long-lived ClientApp process",
+        description="Takes flower-supernode's options (--superlink, --root-certificates, "
+        "--auth-supernode-private-key, --node-config ...); sets --isolation process itself.",
+    )
+    node.add_argument("options", nargs=argparse.REMAINDER, help="flower-supernode's options")
+    node.set_defaults(fn=cmd_supernode)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["supernode"] and not {"-h", "--help"} & set(argv[1:2]):
+        return cmd_supernode(argparse.Namespace(options=argv[1:]))  # flower-supernode's options
     args = parser().parse_args(argv)
     try:
         return args.fn(args)

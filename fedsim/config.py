@@ -98,12 +98,15 @@ class PrivacyConfig(BaseModel):
 
 
 class SimulationConfig(BaseModel):
-    """Resources per ClientApp on Flower's Simulation Engine (Ray)."""
+    """Resources per ClientApp on Flower's Simulation Engine (Ray), and the Ray cluster:
+    `address` ("auto", or the head's HOST:PORT) attaches to a running cluster instead of
+    starting a local Ray with this machine's cores."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    address: str | None = Field(None, min_length=1)
 
 
 class Scenario(BaseModel):
@@ -243,11 +246,21 @@ def validate(raw: dict[str, Any]) -> Scenario:
         check_supported(method, scenario)
         method.check(scenario)
         check_data_and_model(scenario)
+        check_runtime(scenario)
         for resolver in RESOLVERS:
             scenario = resolver.obj(scenario)
     except ValueError as e:
         raise ScenarioError(f"scenario.{e}") from None
     return scenario
+
+
+def check_runtime(scenario: Scenario) -> None:
+    """Refuse a Ray cluster address on a runtime that would not use it."""
+    if scenario.simulation.address and scenario.runtime != "simulation":
+        raise ValueError(
+            f"simulation.address: {scenario.simulation.address!r} is only used by runtime"
+            f" 'simulation' (this scenario's runtime is {scenario.runtime!r})"
+        )
 
 
 def check_supported(method: Method, scenario: Scenario) -> None:

@@ -2,7 +2,8 @@
 
 Everything lives under one directory (default `.deploy/`):
 
-    certs/       ca.crt, ca.key, server.crt, server.key (SAN 127.0.0.1, localhost, --host)
+    certs/       ca.crt, ca.key, server.crt, server.key (SANs: --host, --san, and
+                 127.0.0.1 and localhost for the SuperLink's own SuperExec)
     keys/        supernode-I (OpenSSH EC P-384 private key), supernode-I.pub
     flwr_home/   FLWR_HOME: Flower's config.toml with the SuperLink connection
     logs/        superlink.log, supernode-I.log
@@ -32,12 +33,14 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fedsim.results import RunFailed
 
 DEFAULT_ROOT = Path(".deploy")
+SUPERNODE = "fedsim.runtime.supernode"
 CONNECTION = "fedsim-local"  # the SuperLink connection name written to FLWR_HOME
 STATE = "deploy.json"
 INSECURE_WARNING = (
@@ -423,8 +426,9 @@ def start_superlink(
         print(f"fedsim: warning: {INSECURE_WARNING}", file=sys.stderr)
         cmd.append("--insecure")
     else:
-        if not lay.ca_cert.is_file():
-            generate_tls(lay.certs, ("127.0.0.1", "localhost", host, *extra_hosts))
+        if not lay.ca_cert.is_file():  # named for the address SuperNodes dial, and for
+            # loopback, which the SuperLink's own SuperExec dials to start ServerApps
+            generate_tls(lay.certs, (host, *extra_hosts, "127.0.0.1", "localhost"))
         cmd += [
             "--ssl-ca-certfile",
             str(lay.ca_cert),
@@ -477,17 +481,23 @@ def start_supernode(
     private_key: Path | None = None,
     port: int | None = None,
     max_wait_s: float | None = None,
+    stock: bool = False,
+    threads: int | None = None,
 ) -> subprocess.Popen:
     """Start SuperNode `index` (partition `partition`, default `index`) against the
-    deployment in `root`. Secure deployments: a key pair is generated (or
-    `private_key` used) and, with `register`, its public key registered first;
-    `root_certificates=True` means the deployment's CA, `None` passes none."""
+    deployment in `root`: fedsim's SuperNode (`fedsim.runtime.supernode`: a long-lived
+    ClientApp process, short polls), or with `stock` Flower's own `flower-supernode` (a
+    fresh `flwr-clientapp` process per message). Secure deployments: a key pair is
+    generated (or `private_key` used) and, with `register`, its public key registered
+    first; `root_certificates=True` means the deployment's CA, `None` passes none.
+    `threads` caps the node's torch threads (OMP_NUM_THREADS)."""
     lay = Layout(root)
     dep = Deployment.load(lay.root)
     partition = index if partition is None else partition
     port = port or free_port()
+    node = [flower_bin("flower-supernode")] if stock else [sys.executable, "-m", SUPERNODE]
     cmd = [
-        flower_bin("flower-supernode"),
+        *node,
         "--superlink",
         dep.address,
         "--port",
@@ -511,11 +521,11 @@ def start_supernode(
             if register:
                 register_supernode(lay.root, lay.node_pub(index), name=f"supernode-{index}")
         cmd += ["--auth-supernode-private-key", str(private_key)]
+    env = flower_env(lay.flwr_home)
+    if threads is not None:  # SuperNodes sharing this machine share its cores
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = start_process(
-        cmd,
-        lay.logs / f"supernode-{index}.log",
-        lay.pids / f"supernode-{index}.pid",
-        flower_env(lay.flwr_home),
+        cmd, lay.logs / f"supernode-{index}.log", lay.pids / f"supernode-{index}.pid", env
     )
     dep.supernodes = [s for s in dep.supernodes if s["index"] != index]
     dep.supernodes.append({"index": index, "port": port, "partition": partition})
@@ -531,13 +541,17 @@ def up(
     insecure: bool = False,
     wait_s: float = 60.0,
     extra_hosts: tuple[str, ...] = (),
+    stock: bool = False,
 ) -> Deployment:
     """One SuperLink and `num_supernodes` SuperNodes (partition-id 0..N-1) on this
-    machine; waits until every SuperNode is online. On failure everything is stopped."""
+    machine, each with its share of the cores for torch (more threads than cores make
+    torch's OpenMP workers spin against each other: a client step 10-100x slower); waits
+    until every SuperNode is online. On failure everything is stopped."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, num_supernodes))
     start_superlink(root, host, port, insecure, extra_hosts)
     try:
         for i in range(num_supernodes):
-            start_supernode(root, i, num_supernodes)
+            start_supernode(root, i, num_supernodes, stock=stock, threads=threads)
         wait_online(root, num_supernodes, wait_s)
     except BaseException:
         down(root)
@@ -599,10 +613,12 @@ def flwr_run(
     flwr_home: Path | str,
     stream: bool = True,
     timeout_s: float | None = None,
+    lines: Callable[[str], bool] | None = None,
 ) -> int:
     """Submit fedsim's app to the SuperLink named `federation` in FLWR_HOME's config
-    (`flwr run APP NAME --run-config FILE --stream`); logs go to stdout. Returns the
-    exit code of `flwr run`."""
+    (`flwr run APP NAME --run-config FILE --stream`); logs go to stdout, each line first
+    offered to `lines` (a line it returns True for is not shown). Returns the exit code of
+    `flwr run`."""
     import tempfile
 
     import tomli_w
@@ -626,7 +642,19 @@ def flwr_run(
         ]
         if stream:
             cmd.append("--stream")
-        proc = subprocess.run(
-            cmd, env=flower_env(flwr_home), timeout=timeout_s, stdin=subprocess.DEVNULL
-        )
-    return proc.returncode
+        if lines is None:
+            proc = subprocess.run(
+                cmd, env=flower_env(flwr_home), timeout=timeout_s, stdin=subprocess.DEVNULL
+            )
+            return proc.returncode
+        with subprocess.Popen(
+            cmd,
+            env=flower_env(flwr_home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            for line in proc.stdout:
+                if not lines(line):
+                    sys.stdout.write(line)
+            return proc.wait(timeout=timeout_s)

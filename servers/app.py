@@ -3,7 +3,8 @@
 `run_config` carries `scenario-json` (the resolved scenario, set by `fedsim run`)
 or `scenario` (a TOML path, e.g. from pyproject's [tool.flwr.app.config] under
 `flwr run`), and `out-dir`, the run directory to write. A run that stops early leaves its
-reason (a client's traceback, ...) in the run directory's error.txt.
+reason (a client's traceback, ...) in the run directory's error.txt. With `return-outputs`
+the directory is printed at the end, for the submitter (fedsim/runtime/outputs.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import HttpGrid
 
 from fedsim.config import Scenario, load_scenario, parse_scenario_json
 from fedsim.registry import load_ref
 from fedsim.results import ERROR
+from fedsim.runtime import outputs
 
 from .driver import run_rounds
+from .polling import PollingGrid
 
 app = ServerApp()
 
@@ -36,6 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     scenario = scenario_from_run_config(context.run_config)
     out_dir = str(context.run_config.get("out-dir", "runs/flwr"))
     resume = bool(context.run_config.get("resume", False))
+    if isinstance(grid, HttpGrid):  # the deployment engine's
+        grid = PollingGrid(grid)
     loop = load_ref(scenario.method.loop) if scenario.method.loop else run_rounds
     try:
         loop(grid, scenario, out_dir, resume)
@@ -43,3 +49,6 @@ def main(grid: Grid, context: Context) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / ERROR).write_text(traceback.format_exc())
         raise
+    finally:
+        if context.run_config.get("return-outputs") and Path(out_dir).is_dir():
+            outputs.emit(out_dir)

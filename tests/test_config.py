@@ -73,6 +73,11 @@ def test_override_without_equals_is_an_error():
             ["algorithm.local_steps=5", "algorithm.local_epochs=2"],
             "set exactly one of local_steps and local_epochs (got 5 and 2)",
         ),
+        (
+            ['simulation.address="auto"'],
+            "scenario.simulation.address: 'auto' is only used by runtime 'simulation' (this"
+            " scenario's runtime is 'inprocess')",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(overrides, expected):

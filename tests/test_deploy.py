@@ -1,18 +1,20 @@
-"""Flower's deployment engine on loopback: real flower-superlink / flower-supernode
-processes, TLS with a generated CA, SuperNode authentication with registered keys.
+"""Flower's deployment engine on loopback: a real flower-superlink, fedsim's SuperNodes
+(Flower's SuperNode with a long-lived ClientApp process) and once Flower's stock SuperNode,
+TLS with a generated CA, SuperNode authentication with registered keys.
 
 Every test that starts processes stops them in a `finally` (process groups and their
-descendants), also when it fails. Slow: each ClientApp message starts a fresh
-`flwr-clientapp` process (torch import), so a round takes ~10 s on 2 cores.
+descendants), also when it fails.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from fedsim import deploy
@@ -45,15 +47,18 @@ def secure2(tmp_path_factory):
         deploy.down(root, grace_s=3.0)
 
 
-def _parity(dep, scenario, tmp_path, monkeypatch):
+def _parity(dep, scenario, tmp_path, monkeypatch, server_dir=None):
     monkeypatch.setenv("FLWR_HOME", str(deploy.Layout(dep.root).flwr_home))
     ref, out = tmp_path / "inprocess", tmp_path / "deployment"
     launch(scenario, ref)
     dep_scenario = scenario.model_copy(update={"runtime": "deployment"})
     create_run_dir(out, dep_scenario.to_toml(), overwrite=False)
-    launch(dep_scenario, out, federation=dep.connection)
+    launch(dep_scenario, out, federation=dep.connection, server_dir=server_dir)
     for name in ("config.toml", "metrics.jsonl", "summary.json", "final_model.npy"):
         assert (out / name).is_file(), name
+    for name in ("metrics.jsonl", "summary.json", "final_model.npy") if server_dir else ():
+        # written by the ServerApp in another directory, and sent back whole
+        assert (out / name).read_bytes() == (server_dir / name).read_bytes(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, scenario.rounds + 1))
     a, b = np.load(ref / "final_model.npy"), np.load(out / "final_model.npy")
@@ -66,7 +71,7 @@ def test_fedavg_over_tls_with_authenticated_supernodes_matches_inprocess(
 ):
     assert not secure2.insecure and Path(secure2.root, "certs", "ca.crt").is_file()
     s = small_scenario(rounds=2, data__num_clients=2, model__hidden=[16])
-    _parity(secure2, s, tmp_path, monkeypatch)
+    _parity(secure2, s, tmp_path, monkeypatch, server_dir=tmp_path / "on-the-superlink")
 
 
 def test_proxskip_over_tls_with_authenticated_supernodes_matches_inprocess(
@@ -138,3 +143,47 @@ def test_supernode_killed_mid_run_is_handled_and_the_run_finishes(layout, tmp_pa
     assert rows[0]["clients"] == 3
     assert rows[-1]["clients"] == 2  # the dead node's partition no longer replies
     assert (out / "final_model.npy").is_file()
+
+
+def test_a_killed_clientapp_process_is_restarted_and_the_next_run_works(
+    secure2, tmp_path, monkeypatch
+):
+    node = psutil.Process(int(Path(secure2.root, "pids", "supernode-0.pid").read_text()))
+    (worker,) = [p for p in node.children() if "clientapp_worker" in " ".join(p.cmdline())]
+    worker.kill()
+    worker.wait(30)
+    deadline = time.monotonic() + 120
+    while not [p for p in node.children() if "clientapp_worker" in " ".join(p.cmdline())]:
+        assert time.monotonic() < deadline, "the ClientApp process was not started again"
+        time.sleep(0.5)
+    s = small_scenario(rounds=1, data__num_clients=2, model__hidden=[16], seed=5)
+    _parity(secure2, s, tmp_path, monkeypatch)
+
+
+def test_flowers_stock_supernode_runs_fedsims_app(layout, tmp_path, monkeypatch):
+    """A plain `flower-supernode` (a fresh flwr-clientapp process per message) works too."""
+    dep = deploy.up(1, layout.root, stock=True)
+    assert "flower-supernode" in (layout.logs / "supernode-0.log").read_text().splitlines()[0]
+    s = small_scenario(rounds=1, data__num_clients=1, model__hidden=[16])
+    _parity(dep, s, tmp_path, monkeypatch)
+
+
+def test_a_new_app_bundle_restarts_the_clientapp_process_first(secure2, tmp_path, monkeypatch):
+    """An edited app (another FAB hash) must not run in the process that loaded the last one."""
+    s = small_scenario(rounds=1, data__num_clients=2, model__hidden=[16], seed=7)
+    (tmp_path / "first").mkdir()
+    _parity(secure2, s, tmp_path / "first", monkeypatch)  # this app is loaded on both nodes
+    app = tmp_path / "app"
+    for part in ("fedsim", "clients", "servers", "methods", "privacy", "scenarios"):
+        shutil.copytree(deploy.app_dir() / part, app / part)
+    for part in ("tests", "docs", "benchmarks"):  # fab-exclude's patterns must match a file
+        (app / part).mkdir()
+        (app / part / "x.md").write_text("")
+    shutil.copy(deploy.app_dir() / ".gitignore", app / ".gitignore")
+    pyproject = (deploy.app_dir() / "pyproject.toml").read_text()
+    (app / "pyproject.toml").write_text(pyproject + "\n# an edit: another bundle\n")
+    monkeypatch.setattr(deploy, "app_dir", lambda: app)
+    logs = [Path(secure2.root, "logs", f"supernode-{i}.log") for i in (0, 1)]
+    before = [log.read_text().count("A new app bundle") for log in logs]
+    _parity(secure2, s, tmp_path, monkeypatch)
+    assert [log.read_text().count("A new app bundle") for log in logs] == [n + 1 for n in before]

@@ -1,10 +1,20 @@
-"""Same scenario and seed, same model: in-process runtime vs Flower's Simulation Engine (Ray)."""
+"""Same scenario and seed, same model: in-process runtime vs Flower's Simulation Engine (Ray),
+also on a Ray cluster started apart (`simulation.address`)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedsim.deploy import free_port
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 
@@ -90,3 +100,53 @@ def test_stateful_methods_give_the_same_model_on_both_engines(tmp_path, algorith
         rtol=0,
         atol=1e-6,
     )
+
+
+@pytest.fixture
+def ray_head():
+    """A running Ray cluster of one head node (`ray start --head --block`, in its own temp dir
+    so that no other test's local Ray finds it), stopped with its process group at teardown."""
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths
+    port = free_port()
+    ray = Path(sys.executable).parent / "ray"
+    cmd = [str(ray), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
+    cmd += ["--temp-dir", str(temp), "--include-dashboard", "false", "--disable-usage-stats"]
+    log = open(temp / "head.log", "wb")  # noqa: SIM115  (closed at teardown)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temp.glob("session_*/logs/gcs_server.out")):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                temp / "head.log"
+            ).read_text()
+            time.sleep(0.5)
+        time.sleep(3.0)  # the raylet registers with the GCS
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_simulation_attaches_to_a_running_ray_cluster(ray_head, tmp_path):
+    address, temp = ray_head
+    drivers = lambda: list(temp.glob("session_*/logs/python-core-driver-*"))  # noqa: E731
+    assert drivers() == []
+    base = dict(rounds=2, data__num_clients=3)
+    launch(small_scenario(**base), tmp_path / "inprocess")
+    launch(
+        small_scenario(**base, runtime="simulation", simulation__address=address),
+        tmp_path / "cluster",
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "inprocess/final_model.npy"),
+        np.load(tmp_path / "cluster/final_model.npy"),
+        rtol=0,
+        atol=1e-6,
+    )
+    assert len(drivers()) >= 1  # the run was a driver of that cluster, not of a Ray of its own

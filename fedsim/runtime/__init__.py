@@ -40,25 +40,29 @@ def launch(
     num_nodes: int | None = None,
     resume: bool = False,
     federation: str | None = None,
+    server_dir: Path | str | None = None,
 ) -> None:
     """Run `server_app` (default: fedsim's) with `client_app` on the scenario's runtime;
     `resume` continues the run in `out_dir` from its last checkpoint. `federation` names
-    the SuperLink connection (in FLWR_HOME's config.toml) of the `deployment` runtime. A run
-    that stopped early raises RunFailed with the reason it left (all runtimes)."""
+    the SuperLink connection (in FLWR_HOME's config.toml) of the `deployment` runtime, and
+    `server_dir` where its ServerApp writes on the SuperLink's machine (default `out_dir`).
+    A run that stopped early raises RunFailed with the reason it left (all runtimes)."""
     error = Path(out_dir) / ERROR
     error.unlink(missing_ok=True)
-    _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federation)
+    _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federation, server_dir)
     if error.is_file():
         raise RunFailed(f"the run stopped early:\n{error.read_text()}")
 
 
-def _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federation) -> None:
+def _run(
+    scenario, out_dir, server_app, client_app, num_nodes, resume, federation, server_dir
+) -> None:
     if scenario.runtime == "deployment":
         if server_app or client_app or num_nodes:
             raise ValueError("runtime: deployment runs fedsim's own apps on the SuperNodes")
         from .deployment import launch_deployment
 
-        launch_deployment(scenario, out_dir, resume, federation)
+        launch_deployment(scenario, out_dir, resume, federation, server_dir)
         return
     server_app = server_app or load_ref(SERVER_APP)
     client_app = client_app or load_ref(CLIENT_APP)
@@ -70,15 +74,13 @@ def _run(scenario, out_dir, server_app, client_app, num_nodes, resume, federatio
         grid = InProcessGrid(client_app, num_nodes, cohort=cohorts, chunk=chunk or 1)
         server_app(grid=grid, context=_server_context(grid.run.run_id, cfg))
     elif scenario.runtime == "simulation":
-        resources = scenario.simulation
+        sim = scenario.simulation
+        ray = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
+        # a running cluster brings its own resources; a local Ray gets this machine's cores
+        ray |= {"address": sim.address} if sim.address else {"num_cpus": os.cpu_count() or 1}
         backend = {
-            "client_resources": {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
-            "init_args": {
-                "num_cpus": os.cpu_count() or 1,
-                "include_dashboard": False,
-                "log_to_driver": False,
-                "logging_level": "error",
-            },
+            "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
+            "init_args": ray,
         }
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         ctx = _server_context(random.getrandbits(63), cfg)

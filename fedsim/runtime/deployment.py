@@ -1,9 +1,10 @@
 """The `deployment` runtime: fedsim's Flower App submitted to a running SuperLink.
 
 `flwr run APP FEDERATION --run-config FILE --stream` with the resolved scenario as
-`scenario-json`, the run directory as an absolute `out-dir` and `resume`. The
-ServerApp runs next to the SuperLink and writes the run directory there, so on one
-machine (`fedsim deploy up`) the directory is the same as with the other runtimes.
+`scenario-json`, the run directory as an absolute `out-dir`, `resume` and
+`return-outputs`. The ServerApp runs next to the SuperLink and writes the run directory
+there; at the end it sends the directory back through the run's log (outputs.py), so the
+submitting machine has it as with the other runtimes, wherever the SuperLink is.
 FLWR_HOME is the environment's, else the local deployment's (`.deploy/flwr_home`).
 """
 
@@ -43,19 +44,28 @@ def check_connection(federation: str | None) -> None:
 
 
 def launch_deployment(
-    scenario: Scenario, out_dir: Path | str, resume: bool, federation: str | None
+    scenario: Scenario,
+    out_dir: Path | str,
+    resume: bool,
+    federation: str | None,
+    server_dir: Path | str | None = None,
 ) -> None:
+    """Submit the run and write its directory to `out_dir` as it comes back. The ServerApp
+    writes `server_dir` on the SuperLink's machine (default: the same path as `out_dir`,
+    which on one machine or a shared filesystem is the same directory, so resume works)."""
     from fedsim.deploy import CONNECTION, DeployError, flwr_run
 
-    from . import run_config
+    from . import outputs, run_config
 
     out = Path(out_dir).resolve()
-    cfg = run_config(scenario, out, resume)
-    code = flwr_run(cfg, federation or CONNECTION, flwr_home())
+    cfg = {**run_config(scenario, server_dir or out, resume), "return-outputs": True}
+    received = outputs.Receiver()
+    code = flwr_run(cfg, federation or CONNECTION, flwr_home(), lines=received.feed)
+    try:
+        received.write_to(out)
+    except ValueError as e:
+        raise DeployError(f"{e}: see the SuperLink's log") from None
     if code != 0:
         raise DeployError(f"flwr run exited with code {code}")
     if not (out / SUMMARY).is_file():
-        raise DeployError(
-            f"the run finished without {out / SUMMARY}: see the SuperLink's log "
-            "(the ServerApp writes the run directory on the SuperLink's machine)"
-        )
+        raise DeployError(f"the run finished without {out / SUMMARY}: see {out}")
