@@ -22,7 +22,7 @@ run: $(BIN)/fedsim
 
 test: $(BIN)/fedsim
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=30
 
 bench: $(BIN)/fedsim
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -608,17 +608,12 @@ def app_dir() -> Path:
 
 
 def flwr_run(
-    run_config: dict,
-    federation: str,
-    flwr_home: Path | str,
-    stream: bool = True,
-    timeout_s: float | None = None,
-    lines: Callable[[str], bool] | None = None,
+    run_config: dict, federation: str, flwr_home: Path | str, lines: Callable[[str], bool]
 ) -> int:
     """Submit fedsim's app to the SuperLink named `federation` in FLWR_HOME's config
-    (`flwr run APP NAME --run-config FILE --stream`); logs go to stdout, each line first
-    offered to `lines` (a line it returns True for is not shown). Returns the exit code of
-    `flwr run`."""
+    (`flwr run APP NAME --run-config FILE --stream`); its output goes to stdout, each line
+    first offered to `lines` (a line it returns True for is not shown). Returns the exit
+    code of `flwr run`."""
     import tempfile
 
     import tomli_w
@@ -632,21 +627,8 @@ def flwr_run(
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "run_config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
-        cmd = [
-            flower_bin("flwr"),
-            "run",
-            str(app_dir()),
-            federation,
-            "--run-config",
-            str(overrides),
-        ]
-        if stream:
-            cmd.append("--stream")
-        if lines is None:
-            proc = subprocess.run(
-                cmd, env=flower_env(flwr_home), timeout=timeout_s, stdin=subprocess.DEVNULL
-            )
-            return proc.returncode
+        cmd = [flower_bin("flwr"), "run", str(app_dir()), federation]
+        cmd += ["--run-config", str(overrides), "--stream"]
         with subprocess.Popen(
             cmd,
             env=flower_env(flwr_home),
@@ -657,4 +639,4 @@ def flwr_run(
             for line in proc.stdout:
                 if not lines(line):
                     sys.stdout.write(line)
-            return proc.wait(timeout=timeout_s)
+            return proc.wait()

@@ -1,6 +1,8 @@
 """Flower's deployment engine on loopback: a real flower-superlink, fedsim's SuperNodes
 (Flower's SuperNode with a long-lived ClientApp process) and once Flower's stock SuperNode,
-TLS with a generated CA, SuperNode authentication with registered keys.
+TLS with a generated CA, SuperNode authentication with registered keys. ProxSkip's parity
+and a SuperNode lost mid-run (its link cut: the SuperLink sees what a crash shows it, no
+more heartbeats) are in test_multihost.py.
 
 Every test that starts processes stops them in a `finally` (process groups and their
 descendants), also when it fails.
@@ -19,9 +21,9 @@ import pytest
 
 from fedsim import deploy
 from fedsim.results import create_run_dir
-from fedsim.runtime import launch, run_config
+from fedsim.runtime import launch
 
-from .conftest import logreg_scenario, small_scenario
+from .conftest import small_scenario
 
 pytestmark = pytest.mark.slow
 TOL = 1e-5
@@ -74,13 +76,6 @@ def test_fedavg_over_tls_with_authenticated_supernodes_matches_inprocess(
     _parity(secure2, s, tmp_path, monkeypatch, server_dir=tmp_path / "on-the-superlink")
 
 
-def test_proxskip_over_tls_with_authenticated_supernodes_matches_inprocess(
-    secure2, tmp_path, monkeypatch
-):
-    s = logreg_scenario(5, 6, 30, [5.0, 20.0], {"name": "proxskip", "p": 0.5}, rounds=3)
-    _parity(secure2, s, tmp_path, monkeypatch)
-
-
 def _wait_exit(proc, timeout_s=60.0) -> int | None:
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
@@ -106,70 +101,39 @@ def test_an_untrusted_supernode_is_refused(secure2, node, kwargs, log, expected)
         deploy.stop_pid_file(Path(secure2.root, "pids", f"supernode-{node}.pid"))
 
 
-def test_insecure_deployment_warns_and_runs_without_tls(layout):
+def test_insecure_deployment_with_flowers_stock_supernode_warns_and_runs(
+    layout, tmp_path, monkeypatch
+):
+    """Plain HTTP warns; a plain `flower-supernode` (a fresh flwr-clientapp process per
+    message) runs fedsim's app too."""
     with pytest.warns(UserWarning, match="insecure"):
         dep = deploy.start_superlink(layout.root, insecure=True)
     assert dep.insecure and not layout.ca_cert.exists()
     assert "insecure = true" in (layout.flwr_home / "config.toml").read_text()
-    deploy.start_supernode(layout.root, 0, 1)
+    deploy.start_supernode(layout.root, 0, 1, stock=True)
     deploy.wait_online(layout.root, 1, 60)
+    assert "flower-supernode" in (layout.logs / "supernode-0.log").read_text().splitlines()[0]
+    s = small_scenario(rounds=1, data__num_clients=1, model__hidden=[16])
+    _parity(deploy.Deployment.load(layout.root), s, tmp_path, monkeypatch)
 
 
-def test_supernode_killed_mid_run_is_handled_and_the_run_finishes(layout, tmp_path):
-    deploy.up(3, layout.root)
-    s = small_scenario(rounds=3, data__num_clients=3, model__hidden=[16])
-    s = s.model_copy(update={"runtime": "deployment"})
-    out = tmp_path / "run"
-    create_run_dir(out, s.to_toml(), overwrite=False)
-    # without --stream, `flwr run` returns once the run is submitted
-    code = deploy.flwr_run(
-        run_config(s, out, False), deploy.CONNECTION, layout.flwr_home, stream=False
-    )
-    assert code == 0
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
-        time.sleep(0.5)
-    assert metrics.read_text(), "round 1 never finished"
-    # a crash, not a clean shutdown: SIGKILL the SuperNode and its ClientApp processes
-    pid = int((layout.pids / "supernode-2.pid").read_text())
-    for p in deploy._tree(pid):
-        deploy._signal_all([p], 9)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (out / "summary.json").is_file():
-        time.sleep(1.0)
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2, 3]
-    assert rows[0]["clients"] == 3
-    assert rows[-1]["clients"] == 2  # the dead node's partition no longer replies
-    assert (out / "final_model.npy").is_file()
+def _workers(node: psutil.Process) -> list[psutil.Process]:
+    return [p for p in node.children() if "clientapp_worker" in " ".join(p.cmdline())]
 
 
-def test_a_killed_clientapp_process_is_restarted_and_the_next_run_works(
+def test_the_clientapp_process_restarts_when_killed_and_for_a_new_app_bundle(
     secure2, tmp_path, monkeypatch
 ):
+    """A killed ClientApp process is started again; an edited app (another FAB hash) does
+    not run in the process that loaded the last one: the process re-executes first."""
     node = psutil.Process(int(Path(secure2.root, "pids", "supernode-0.pid").read_text()))
-    (worker,) = [p for p in node.children() if "clientapp_worker" in " ".join(p.cmdline())]
+    (worker,) = _workers(node)
     worker.kill()
     worker.wait(30)
     deadline = time.monotonic() + 120
-    while not [p for p in node.children() if "clientapp_worker" in " ".join(p.cmdline())]:
+    while not _workers(node):
         assert time.monotonic() < deadline, "the ClientApp process was not started again"
         time.sleep(0.5)
-    s = small_scenario(rounds=1, data__num_clients=2, model__hidden=[16], seed=5)
-    _parity(secure2, s, tmp_path, monkeypatch)
-
-
-def test_flowers_stock_supernode_runs_fedsims_app(layout, tmp_path, monkeypatch):
-    """A plain `flower-supernode` (a fresh flwr-clientapp process per message) works too."""
-    dep = deploy.up(1, layout.root, stock=True)
-    assert "flower-supernode" in (layout.logs / "supernode-0.log").read_text().splitlines()[0]
-    s = small_scenario(rounds=1, data__num_clients=1, model__hidden=[16])
-    _parity(dep, s, tmp_path, monkeypatch)
-
-
-def test_a_new_app_bundle_restarts_the_clientapp_process_first(secure2, tmp_path, monkeypatch):
-    """An edited app (another FAB hash) must not run in the process that loaded the last one."""
     s = small_scenario(rounds=1, data__num_clients=2, model__hidden=[16], seed=7)
     (tmp_path / "first").mkdir()
     _parity(secure2, s, tmp_path / "first", monkeypatch)  # this app is loaded on both nodes
