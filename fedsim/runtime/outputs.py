@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -93,7 +92,6 @@ class Receiver:
                 if dst.is_file() and dst.read_bytes() == src.read_bytes():
                     continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(src, dst.with_name(dst.name + ".part"))
-                dst.with_name(dst.name + ".part").replace(dst)
+                src.replace(dst)  # the same filesystem (tmp is inside out): atomic
                 written.append(str(rel))
         return written
