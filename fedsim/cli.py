@@ -10,103 +10,77 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from fedsim.checkpoint import CheckpointError, load_checkpoint
-from fedsim.config import ScenarioError, load_scenario
+from fedsim import api
+from fedsim.config import ScenarioError
+from fedsim.html_report import write_html
 from fedsim.method import RUNTIMES
-from fedsim.results import CONFIG, RunFailed
+from fedsim.report import write_report
+from fedsim.results import SUMMARY, RunFailed
+from fedsim.sweeps import SWEEP_RECORD
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedsim.results import create_run_dir
-    from fedsim.runtime import launch
-
     overrides = list(args.set or [])
     if args.federation and not args.runtime:
         args.runtime = "deployment"
     if args.runtime:
         overrides.append(f'runtime="{args.runtime}"')
     if args.resume:
-        return resume_run(Path(args.resume), overrides, args.federation)
-    if not args.scenario:
+        if overrides and not args.federation:
+            raise ScenarioError("resume: --set/--runtime cannot change a run being resumed")
+        result = api.resume(args.resume, quiet=args.quiet, federation=args.federation)
+    elif not args.scenario:
         raise ScenarioError("scenario: missing (give a TOML file, or --resume DIR)")
-    scenario = load_scenario(args.scenario, overrides)
-    if scenario.runtime == "deployment":
-        from fedsim.runtime.deployment import check_connection
-
-        try:
-            check_connection(args.federation)
-        except ValueError as e:
-            raise ScenarioError(str(e)) from None
-    out = Path(args.out or f"runs/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        create_run_dir(out, scenario.to_toml(), overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise ScenarioError(str(e)) from None
-    launch(scenario, out, federation=args.federation, server_dir=args.server_dir)
-    return report(out)
-
-
-def resume_run(out: Path, overrides: list[str], federation: str | None = None) -> int:
-    """Continue a run from its last checkpoint, with its own resolved scenario."""
-    from fedsim.runtime import launch
-
-    if not (out / CONFIG).is_file():
-        raise ScenarioError(f"resume: {str(out)!r} is not a run directory (no {CONFIG})")
-    if overrides and not federation:
-        raise ScenarioError("resume: --set/--runtime cannot change a run being resumed")
-    scenario = load_scenario(out / CONFIG)
-    method, runtime = scenario.method, scenario.runtime
-    if scenario.system.policy == "fedbuff":
-        raise ScenarioError("resume: system.policy 'fedbuff' runs keep no checkpoints")
-    if runtime not in method.supports.resume:
-        raise ScenarioError(
-            f"resume: algorithm.name {method.name!r} cannot resume on runtime {runtime!r}"
-            f" (resumable on: {sorted(method.supports.resume) or 'none'})"
+    else:
+        result = api.run(
+            args.scenario,
+            out=args.out,
+            overwrite=args.overwrite,
+            overrides=overrides,
+            track=tracked(args.track),
+            quiet=args.quiet,
+            federation=args.federation,
+            server_dir=args.server_dir,
         )
-    try:
-        load_checkpoint(out, scenario.to_json())  # a corrupt or foreign one stops here
-    except CheckpointError as e:
-        raise ScenarioError(str(e)) from None
-    launch(scenario, out, resume=True, federation=federation)
-    return report(out)
-
-
-def report(out: Path) -> int:
-    """Print the run directory and its final metrics."""
-    from fedsim.results import read_summary
-
-    final = read_summary(out)["final"]
+    final = result.summary["final"]
     shown = {
         k: final[k] for k in ("round", "train_loss", "eval_loss", "eval_accuracy") if k in final
     }
-    print(f"{out}: {json.dumps(shown)}")
+    print(f"{result.run_dir}: {json.dumps(shown)}")
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedsim.report import write_report
-    from fedsim.sweep import read_sweep, run_sweep
+def tracked(text: str | None) -> list[str] | None:
+    """--track tensorboard,mlflow -> the backends, checked by the scenario schema."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
-    cfg, _ = read_sweep(args.sweep_file)
-    out = Path(args.out or f"runs/sweeps/{cfg.name}")
-    run_sweep(args.sweep_file, out, jobs=args.jobs)
-    command = " ".join(["fedsim sweep", args.sweep_file, f"--jobs {args.jobs}"])
-    print(write_report(out, command))
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    result = api.sweep(
+        args.sweep_file, out=args.out, jobs=args.jobs, track=tracked(args.track), quiet=args.quiet
+    )
+    print(result.report)
+    if args.html:
+        print(write_html(result.sweep_dir))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedsim.report import write_report
-    from fedsim.sweep import SWEEP_RECORD
-
-    if not (Path(args.sweep_dir) / SWEEP_RECORD).is_file():
-        raise ScenarioError(f"sweep_dir: {args.sweep_dir!r} has no {SWEEP_RECORD}")
-    print(write_report(Path(args.sweep_dir)))
+    path = Path(args.dir)
+    if (path / SWEEP_RECORD).is_file():
+        print(write_report(path))
+    elif not (path / SUMMARY).is_file():
+        raise ScenarioError(
+            f"dir: {args.dir!r} is neither a sweep ({SWEEP_RECORD}) nor a run directory ({SUMMARY})"
+        )
+    elif not args.html:
+        raise ScenarioError(f"dir: {args.dir!r} is a run directory: its report is --html")
+    if args.html:
+        print(write_html(path))
     return 0
 
 
@@ -237,9 +211,18 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep_file")
     sweep.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
     sweep.add_argument("--jobs", type=int, default=1, help="worker processes")
+    sweep.add_argument("--html", action="store_true", help="also write report.html")
     sweep.set_defaults(fn=cmd_sweep)
-    report = sub.add_parser("report", help="sweep.csv and report.md of a sweep directory")
-    report.add_argument("sweep_dir")
+    for cmd in (run, sweep):
+        cmd.add_argument(
+            "--track", metavar="BACKENDS", help="log to trackers: tensorboard,mlflow,wandb"
+        )
+        cmd.add_argument("-q", "--quiet", action="store_true", default=None, help="no progress bar")
+    report = sub.add_parser(
+        "report", help="a sweep's sweep.csv and report.md; --html: a page for a run or a sweep"
+    )
+    report.add_argument("dir", help="a sweep directory or a run directory")
+    report.add_argument("--html", action="store_true", help="write report.html (self-contained)")
     report.set_defaults(fn=cmd_report)
     plot = sub.add_parser("plot", help="PNG plots of a run's metrics")
     plot.add_argument("run_dir")

@@ -7,6 +7,7 @@ greater than 0)`. The CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from fedsim.heterogeneity import Profiles, SystemConfig
 from fedsim.method import METHODS, FederatedMethod, Method, Params
 from fedsim.models import ModelConfig, build_model
 from fedsim.registry import Registry, load_plugins
+from fedsim.tracking import MODULES, TrackingConfig
 
 # (scenario) -> scenario run last when a scenario loads (privacy registers its calibration)
 RESOLVERS: Registry[Callable[[Any], Any]] = Registry("scenario resolver")
@@ -132,6 +134,7 @@ class Scenario(BaseModel):
     system: SystemConfig = Field(default_factory=SystemConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("device")
     @classmethod
@@ -172,9 +175,12 @@ class Scenario(BaseModel):
 
 
 def load_scenario(
-    source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+    source: str | Path | dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
 ) -> Scenario:
-    """Read a TOML file (or a dict), apply `key=value` overrides, validate."""
+    """Read a TOML file (or a dict), apply `key=value` overrides (text, read as TOML) and
+    `values` ({"a.b": value}), validate."""
     if isinstance(source, dict):
         raw = json.loads(json.dumps(source))  # a deep copy we may edit
     else:
@@ -189,6 +195,8 @@ def load_scenario(
             raise ScenarioError(f"scenario: {str(source)!r} is not valid TOML ({e})") from None
     for item in overrides:
         apply_override(raw, item)
+    for key, value in (values or {}).items():
+        set_key(raw, key, value)
     return validate(raw)
 
 
@@ -252,6 +260,18 @@ def validate(raw: dict[str, Any]) -> Scenario:
     except ValueError as e:
         raise ScenarioError(f"scenario.{e}") from None
     return scenario
+
+
+def check_installed(tracking: TrackingConfig) -> None:
+    """A tracker backend that is not installed stops the run before it starts. Checked where
+    runs are launched, not in every process that reads the scenario (a deployment's
+    SuperLink need not have the submitter's trackers)."""
+    for name in tracking.backends:
+        if importlib.util.find_spec(MODULES[name]) is None:
+            raise ScenarioError(
+                f"scenario.tracking.backends: {name!r} is not installed"
+                f" (allowed: install it with pip install 'fedsim-flwr[{name}]')"
+            )
 
 
 def check_runtime(scenario: Scenario) -> None:

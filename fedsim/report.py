@@ -25,7 +25,7 @@ from fedsim.results import (  # noqa: E402
     SUMMARY,
     read_metrics,
 )
-from fedsim.sweep import SWEEP_RECORD  # noqa: E402
+from fedsim.sweeps import SWEEP_RECORD  # noqa: E402
 
 FINAL = ("eval_accuracy", "eval_loss", "train_loss", "dist_to_opt", "rel_dist_to_opt")
 TOTALS = ("total_bytes_up", "total_bytes_down", "total_grad_evals", "sim_time_s", "wall_s")

@@ -9,7 +9,10 @@ import tomllib
 from pathlib import Path
 
 project = tomllib.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml").read_text())
-deps = project["project"]["dependencies"] + project["project"]["optional-dependencies"]["dev"]
+extras = project["project"]["optional-dependencies"]
+deps = project["project"]["dependencies"] + [
+    d for name in ("dev", "tensorboard", "mlflow") for d in extras[name]
+]
 for dep in deps:
     match = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?.*>=\s*([^,;\s]+)", dep)
     if match is None:

@@ -23,7 +23,6 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from tqdm import tqdm
 
 from fedsim.checkpoint import load_checkpoint, records_from_parts, records_to_parts, save_checkpoint
 from fedsim.config import Scenario
@@ -327,9 +326,6 @@ def run_rounds(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool
         )
     writer = MetricsWriter(out_dir, resume_after=done)
     start = time.perf_counter() - wall
-    bar = tqdm(
-        total=scenario.rounds, initial=done, desc=scenario.name, disable=not sys.stderr.isatty()
-    )
     report = reported(scenario)
     planned = every_round(scenario) if report == "every_round" else None
     for rnd in range(done + 1, scenario.rounds + 1):
@@ -340,13 +336,10 @@ def run_rounds(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool
             row.epsilon, row.epsilon_participation = planned(rnd), spent
         row.wall_s = time.perf_counter() - start
         writer.append(row.to_dict(), clients)
-        bar.update()
-        bar.set_postfix(loss=row.train_loss, acc=row.eval.get("eval_accuracy"))
         if row.diverged:
             break
         if scenario.checkpoint_every and rnd % scenario.checkpoint_every == 0:
             checkpoint(fed, out_dir, rnd, clock, row.wall_s, spent)
-    bar.close()
     finish(fed, out_dir, writer, spent)
 
 
@@ -456,7 +449,6 @@ def fedbuff(fed: Federation, writer: MetricsWriter) -> MetricsWriter:
         dispatch(0.0)
     buffer: list[tuple[Arrival, Update]] = []
     spent = 0.0
-    bar = tqdm(total=s.rounds, desc=s.name, disable=not sys.stderr.isatty())
     while version < s.rounds and flight:
         arrival = heapq.heappop(flight)
         clock = arrival.time
@@ -495,9 +487,7 @@ def fedbuff(fed: Federation, writer: MetricsWriter) -> MetricsWriter:
             row.epsilon = spent
         writer.append(row.to_dict())
         buffer, window = [], {"failures": 0, "invited": 0, "available": window["available"]}
-        bar.update()
         if row.diverged:
             break
         dispatch(clock)  # after the update: the freed slot starts from the newest model
-    bar.close()
     return writer

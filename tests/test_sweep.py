@@ -17,7 +17,7 @@ from fedsim.cli import main
 from fedsim.config import ScenarioError
 from fedsim.report import write_report
 from fedsim.results import CONFIG
-from fedsim.sweep import Axis, grid, plan, read_sweep, run_sweep
+from fedsim.sweeps import Axis, grid, plan, read_sweep, run_sweep
 
 from .conftest import REPO
 

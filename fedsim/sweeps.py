@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import sys
 import tomllib
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -36,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from tqdm import tqdm
 
 from fedsim.checkpoint import CHECKPOINT
-from fedsim.config import Scenario, ScenarioError, load_scenario, set_key
-from fedsim.results import CONFIG, ERROR, SUMMARY, create_run_dir
+from fedsim.config import Scenario, ScenarioError, check_installed, load_scenario, set_key
+from fedsim.progress import SweepBar
+from fedsim.results import CONFIG, ERROR, METRICS, SUMMARY, create_run_dir, read_rows, read_summary
+from fedsim.tracking import TrackingConfig, replay
 
 SWEEP_RECORD = "sweep.json"
 
@@ -90,6 +90,7 @@ class SweepConfig(BaseModel):
     runtime: str | None = None
     target: Target | None = None
     axes: list[Axis] = Field(default_factory=list)
+    tracking: TrackingConfig | None = None  # default: the base scenario's [tracking]
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def plan(cfg: SweepConfig, base: dict[str, Any]) -> list[Run]:
 
 
 def _run_one(run: Run, out: Path, threads: int) -> tuple[Run, str | None]:
-    """Run (or resume) one point in a worker process; a failure is recorded, not raised."""
+    """Run (or resume) one point; a failure is recorded, not raised."""
     import torch
 
     from fedsim.runtime import launch
@@ -176,10 +177,20 @@ def _run_one(run: Run, out: Path, threads: int) -> tuple[Run, str | None]:
         return run, f"{type(e).__name__}: {e}"
 
 
-def run_sweep(path: Path | str, sweep_dir: Path | str, jobs: int = 1) -> list[Run]:
-    """Run every pending point of the sweep file into `sweep_dir`; return the runs."""
+def run_sweep(
+    path: Path | str,
+    sweep_dir: Path | str,
+    jobs: int = 1,
+    quiet: bool | None = None,
+    tracking: TrackingConfig | None = None,
+) -> list[Run]:
+    """Run every pending point of the sweep file into `sweep_dir`; return the runs. Each run
+    that ends goes to the trackers (`tracking`, else the sweep file's, else the base
+    scenario's) as its own run, grouped by the sweep."""
     cfg, base = read_sweep(path)
     runs = plan(cfg, base)  # validated before anything is created
+    tracking = tracking or cfg.tracking or runs[0].scenario.tracking
+    check_installed(tracking)
     sweep_dir = Path(sweep_dir)
     for r in runs:
         saved = r.directory(sweep_dir) / CONFIG
@@ -195,19 +206,45 @@ def run_sweep(path: Path | str, sweep_dir: Path | str, jobs: int = 1) -> list[Ru
     (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=1))
     pending = [r for r in runs if not (r.directory(sweep_dir) / SUMMARY).is_file()]
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    bar = tqdm(
-        total=len(runs),
-        initial=len(runs) - len(pending),
-        desc=cfg.name,
-        unit="run",
-        disable=not sys.stderr.isatty(),
-    )
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one, r, r.directory(sweep_dir), threads) for r in pending]
-        for future in as_completed(futures):
-            run, error = future.result()
-            if error:
-                tqdm.write(f"failed: point {run.point} ({run.label}) seed {run.seed}: {error}")
-            bar.update()
+    bar = SweepBar(cfg.name, len(runs), len(runs) - len(pending), quiet)
+
+    def finished(run: Run, error: str | None) -> None:
+        if tracking.backends:
+            track(run, sweep_dir, cfg.name, tracking)
+        bar.finished(describe(run), error)
+
+    if jobs == 1:  # in this process: no worker start-up, and no __main__ guard needed
+        for r in pending:
+            bar.running([describe(r)])
+            finished(*_run_one(r, r.directory(sweep_dir), threads))
+    else:  # a script that sweeps with jobs > 1 needs `if __name__ == "__main__":` (spawn)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_run_one, r, r.directory(sweep_dir), threads): r for r in pending
+            }
+            bar.running([describe(r) for r in pending[:jobs]])
+            for future in as_completed(futures):
+                finished(*future.result())
+                bar.running([describe(r) for f, r in futures.items() if not f.done()][:jobs])
     bar.close()
     return runs
+
+
+def describe(run: Run) -> str:
+    return f"point {run.point} ({run.label}) seed {run.seed}"
+
+
+def track(run: Run, sweep_dir: Path, name: str, tracking: TrackingConfig) -> None:
+    """Log a finished (or failed) point to the trackers: its own run, grouped by the sweep."""
+    out = run.directory(sweep_dir)
+    summary = read_summary(out) if (out / SUMMARY).is_file() else None
+    tags = {"sweep": name, "point": str(run.point), "seed": str(run.seed), "setting": run.label}
+    replay(
+        out,
+        run.scenario.to_dict(),
+        tracking,
+        read_rows(out / METRICS),
+        summary,
+        experiment=name,
+        tags=tags,
+    )
