@@ -19,6 +19,7 @@ $(BIN)/fedsim: pyproject.toml $(LOCK)
 run: $(BIN)/fedsim
 	$(BIN)/fedsim run scenarios/quickstart.toml --out runs/quickstart --overwrite
 	$(BIN)/fedsim plot runs/quickstart
+	$(BIN)/fedsim report runs/quickstart --html
 
 # The HTML report's tests open it in Debian's Chromium (installed here when missing: CI runs
 # as root and reaches Debian's packages).

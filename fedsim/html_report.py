@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from fedsim.plots import AXES
-from fedsim.report import RESULT_COLUMNS, axis_keys, collect, means
+from fedsim.report import RESULT_COLUMNS, axis_keys, collect, means, point_runs, series
 from fedsim.results import CLIENTS, CONFIG, METRICS, SUMMARY, read_rows
 from fedsim.sweeps import SWEEP_RECORD
 from fedsim.tracking import flatten
@@ -129,15 +127,7 @@ def sweep_body(sweep_dir: Path) -> tuple[str, list[str]]:
         }
         for m in mean_rows
     ]
-    labels = {
-        int(p): ", ".join(f"{k}={v}" for k, v in s.items()) or "base"
-        for p, s in record["points"].items()
-    }
-    runs: dict[str, list[list[dict[str, Any]]]] = {}
-    for r in rows:
-        run = sweep_dir / "points" / f"{r['point']:03d}" / f"seed{r['seed']}"
-        if r["status"] == "ok":
-            runs.setdefault(labels[r["point"]], []).append(read_rows(run / METRICS))
+    runs = point_runs(sweep_dir, record, rows)
     every = [m for seeds in runs.values() for m in seeds]
     sections = [
         f"<p class='meta'>base scenario <code>{html.escape(str(cfg['base']))}</code>, seeds "
@@ -181,20 +171,16 @@ def plot_html(metric: str, runs: dict[str, list[list[dict[str, Any]]]]) -> str:
     its runs), with a min-max band when it has several."""
     fig = make_subplots(rows=1, cols=len(AXES), subplot_titles=[name for _, name in AXES])
     for i, (label, seeds) in enumerate(runs.items()):
-        n = min(len(m) for m in seeds)
-        ys = np.array([[r.get(metric, np.nan) for r in m[:n]] for m in seeds], dtype=float)
-        if np.isnan(ys).all():
+        if not any(metric in r for m in seeds for r in m):
             continue
         color = DEFAULT_PLOTLY_COLORS[i % len(DEFAULT_PLOTLY_COLORS)]
         for col, (key, _) in enumerate(AXES, start=1):
-            xs = np.array([x_values(m[:n], key) for m in seeds], dtype=float).mean(0)
+            x, mean, low, high = series(seeds, metric, key)
             if len(seeds) > 1:
-                band = np.concatenate([xs, xs[::-1]])
-                edge = np.concatenate([np.nanmax(ys, 0), np.nanmin(ys, 0)[::-1]])
                 fig.add_trace(
                     go.Scatter(
-                        x=band,
-                        y=edge,
+                        x=np.concatenate([x, x[::-1]]),
+                        y=np.concatenate([high, low[::-1]]),
                         fill="toself",
                         fillcolor=color.replace("rgb", "rgba").replace(")", ",0.15)"),
                         line={"width": 0},
@@ -207,8 +193,8 @@ def plot_html(metric: str, runs: dict[str, list[list[dict[str, Any]]]]) -> str:
                 )
             fig.add_trace(
                 go.Scatter(
-                    x=xs,
-                    y=np.nanmean(ys, 0),
+                    x=x,
+                    y=mean,
                     mode="lines",
                     name=label,
                     line={"color": color},
@@ -231,11 +217,6 @@ def plot_html(metric: str, runs: dict[str, list[list[dict[str, Any]]]]) -> str:
         config={"displaylogo": False, "responsive": True},
     )
     return f"<div class='plot'>{div}</div>"
-
-
-def x_values(rows: list[dict[str, Any]], key: str) -> list[float]:
-    values = [float(r.get(key, math.nan)) for r in rows]
-    return list(accumulate(values)) if key == "bytes_up" else values
 
 
 def cell(value: Any, key: str = "") -> str:

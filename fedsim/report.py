@@ -110,18 +110,36 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def plot_curves(sweep_dir: Path, record: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """One PNG per metric: a line per point (mean over seeds) with a min-max seed band."""
-    (sweep_dir / "plots").mkdir(exist_ok=True)
+def point_runs(
+    sweep_dir: Path, record: dict[str, Any], rows: list[dict[str, Any]]
+) -> dict[str, list[list[dict[str, Any]]]]:
+    """Each point's label -> the metric rows of its completed seeds."""
     labels = {
         int(p): ", ".join(f"{k}={v}" for k, v in s.items()) or "base"
         for p, s in record["points"].items()
     }
-    runs: dict[int, list[list[dict[str, Any]]]] = {}
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
     for r in rows:
         run = sweep_dir / "points" / f"{r['point']:03d}" / f"seed{r['seed']}"
         if r["status"] == "ok" and (run / METRICS).is_file():
-            runs.setdefault(r["point"], []).append(read_metrics(run))
+            runs.setdefault(labels[r["point"]], []).append(read_metrics(run))
+    return runs
+
+
+def series(seeds: list[list[dict[str, Any]]], metric: str, key: str) -> tuple[np.ndarray, ...]:
+    """Over the rounds every seed has: x (the seeds' mean; bytes_up cumulative) and the
+    metric's mean, min and max over seeds."""
+    n = min(len(m) for m in seeds)
+    ys = np.array([[r.get(metric, np.nan) for r in m[:n]] for m in seeds], dtype=float)
+    xs = np.array([[r.get(key, np.nan) for r in m[:n]] for m in seeds], dtype=float)
+    x = (xs.cumsum(axis=1) if key == "bytes_up" else xs).mean(0)
+    return x, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def plot_curves(sweep_dir: Path, record: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """One PNG per metric: a line per point (mean over seeds) with a min-max seed band."""
+    (sweep_dir / "plots").mkdir(exist_ok=True)
+    runs = point_runs(sweep_dir, record, rows)
     written = []
     for metric in CURVES:
         if not any(metric in m[0] for seeds in runs.values() for m in seeds):
@@ -129,14 +147,11 @@ def plot_curves(sweep_dir: Path, record: dict[str, Any], rows: list[dict[str, An
         fig, axes = plt.subplots(
             1, len(AXES), figsize=(5 * len(AXES), 3.4 + 0.25 * len(runs)), layout="constrained"
         )
-        for point, seeds in runs.items():
-            n = min(len(m) for m in seeds)
-            ys = np.array([[r[metric] for r in m[:n]] for m in seeds], dtype=float)
+        for label, seeds in runs.items():
             for ax, (key, name) in zip(axes, AXES, strict=True):
-                xs = np.array([[r[key] for r in m[:n]] for m in seeds], dtype=float)
-                x = xs.cumsum(axis=1).mean(0) if key == "bytes_up" else xs.mean(0)
-                (line,) = ax.plot(x, ys.mean(0), label=labels[point])
-                ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+                x, mean, low, high = series(seeds, metric, key)
+                (line,) = ax.plot(x, mean, label=label)
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
                 ax.set_xlabel(name)
                 ax.set_ylabel(metric)
                 ax.grid(alpha=0.3)

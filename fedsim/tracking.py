@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,19 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
         for k, v in row.items()
         if k != "round" and isinstance(v, int | float) and not isinstance(v, bool)
     }
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """What a backend is told of the run it records (`resume_id`: its earlier run's id)."""
+
+    run_dir: Path
+    config: Mapping[str, Any]
+    cfg: TrackingConfig
+    experiment: str
+    name: str
+    tags: Mapping[str, str]
+    resume_id: str | None
 
 
 class Tracker:
@@ -125,8 +139,8 @@ class MLflow(Tracker):
                 items = list(params.items())[i : i + 100]
                 self.client.log_batch(self.run_id, params=[_param(k, v) for k, v in items])
         else:  # a resumed run continues its MLflow run
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run.resume_id
+            self.client.update_run(self.run_id, status="RUNNING")
 
     def log(self, row: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -160,27 +174,18 @@ def _param(key: str, value: Any):
 class Wandb(Tracker):
     """A W&B run (offline by default: files under RUN_DIR/wandb, `wandb sync` uploads them)."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        config: Mapping[str, Any],
-        cfg: TrackingConfig,
-        experiment: str,
-        run_name: str,
-        tags: Mapping[str, str],
-        run_id: str | None,
-    ) -> None:
+    def __init__(self, run: TrackedRun) -> None:
         import wandb
 
         self.run = wandb.init(
-            project=experiment,
-            name=run_name,
-            group=tags.get("sweep"),
-            config=dict(config),
-            dir=str(run_dir),
-            mode=cfg.wandb_mode,
-            id=run_id,
-            resume="allow" if run_id else None,
+            project=run.experiment,
+            name=run.name,
+            group=run.tags.get("sweep"),
+            config=dict(run.config),
+            dir=str(run.run_dir),
+            mode=run.cfg.wandb_mode,
+            id=run.resume_id,
+            resume="allow" if run.resume_id else None,
             reinit="create_new",
         )
         self.run_id = self.run.id
@@ -214,9 +219,10 @@ class Trackers(Tracker):
         tags = {"run_dir": str(run_dir.resolve()), **(tags or {})}
         self.backends: list[Tracker] = []
         for name in cfg.backends:
-            tracker = BACKENDS[name](
+            run = TrackedRun(
                 run_dir, config, cfg, experiment, run_name(run_dir), tags, ids.get(name)
             )
+            tracker = BACKENDS[name](run)
             if tracker.run_id is not None:
                 ids[name] = tracker.run_id
             self.backends.append(tracker)

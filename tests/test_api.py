@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fedsim
+from fedsim.cli import main
 from fedsim.data import load_dataset
 from fedsim.models import predict
 from fedsim.results import read_metrics
@@ -84,17 +85,14 @@ def test_the_results_model_reproduces_the_runs_own_evaluation(tmp_path):
         (["rounds=0"], None),
     ],
 )
-def test_bad_input_raises_scenario_error_with_the_clis_line(tmp_path, over, line):
+def test_bad_input_raises_scenario_error_with_the_clis_line(tmp_path, capsys, over, line):
     path = tmp_path / "s.toml"
     path.write_text(small_scenario().to_toml())
-    args = [sys.executable, "-m", "fedsim", "run", str(path), "--out", str(tmp_path / "c")]
-    cli = subprocess.run(
-        args + [a for o in over for a in ("--set", o)], capture_output=True, text=True
-    )
+    args = ["run", str(path), "--out", str(tmp_path / "c")]
+    assert main(args + [a for o in over for a in ("--set", o)]) == 2
     with pytest.raises(fedsim.ScenarioError) as err:
         fedsim.run(path, out=tmp_path / "p", overrides=over)
-    assert cli.returncode == 2
-    assert cli.stderr.strip() == f"fedsim: error: {err.value}"
+    assert capsys.readouterr().err.strip() == f"fedsim: error: {err.value}"
     assert "\n" not in str(err.value)
     if line:
         assert str(err.value) == line

@@ -4,6 +4,7 @@ loss and accuracy and an ETA; `-q` draws nothing; the follower delivers every ro
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import termios
 
+from fedsim.cli import main
 from fedsim.progress import Follow
 from tests.conftest import small_scenario
 
@@ -37,7 +39,7 @@ def in_a_terminal(args: list[str]) -> str:
     return out.decode(errors="replace")
 
 
-def test_run_draws_a_bar_with_loss_accuracy_and_eta_and_quiet_draws_none(tmp_path):
+def test_run_draws_a_bar_with_loss_accuracy_and_eta(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(small_scenario(rounds=4).to_toml())
     cmd = [sys.executable, "-m", "fedsim", "run", str(path), "--overwrite"]
@@ -48,8 +50,22 @@ def test_run_draws_a_bar_with_loss_accuracy_and_eta_and_quiet_draws_none(tmp_pat
         f"loss={final['train_loss']:.4g}" in shown and f"acc={final['eval_accuracy']:.4g}" in shown
     )
     assert re.search(r"small:\s+\d+%\|.*\| [123]/4 \[", shown)  # drawn while it ran, too
-    quiet = in_a_terminal([*cmd, "--out", str(tmp_path / "b"), "-q"])
-    assert "%|" not in quiet and quiet.strip().startswith(str(tmp_path / "b"))
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_quiet_draws_nothing_on_a_terminal(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(small_scenario(rounds=2).to_toml())
+    for flag, drawn in (("-q", False), (None, True)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        args = ["run", str(path), "--out", str(tmp_path / str(flag)), *([flag] if flag else [])]
+        assert main(args) == 0
+        assert ("2/2 [" in terminal.getvalue()) == drawn, terminal.getvalue()
 
 
 def test_the_follower_delivers_each_round_once_across_torn_lines_and_a_rewrite(tmp_path):

@@ -154,47 +154,49 @@ def test_a_probe_on_twenty_known_labels_reads_a_separable_view_and_not_noise():
 
 
 @pytest.mark.slow
-def test_every_attack_on_vanilla_two_party_and_multi_party_p3eft(tmp_path):
+@pytest.mark.parametrize(
+    ("method", "hosts"),
+    [("vanilla", 1), ("p3eft", 1), ("p3eft", 4)],
+    ids=["vanilla", "two_party", "multi_party"],
+)
+def test_every_attack_on_vanilla_two_party_and_multi_party_p3eft(tmp_path, method, hosts):
     """Labels shape the gradients (25% positives). Vanilla gives them away in the gradients
     and activations its host sees. Two-party P3EFT hides them from each message alone, but
     its one host holds every shard of a call and every adapter set, and the combined
     attacks read the labels back. Multi-party P3EFT (n m hosts) leaves each host one shard
     of a call and one adapter set: those attacks do not apply and the per-message ones stay
-    low, but the difference an update makes to the activations still reads the labels."""
+    low, but the difference an update makes to the activations still reads the labels.
+    (One run per test, so that the three spread over the test workers.)"""
     data = {"dataset": "sentences", "options": {"class_prior": [0.75, 0.25]}}
-    runs = {}
-    for label, method, hosts in (
-        ("vanilla", "vanilla", 1),
-        ("two_party", "p3eft", 1),
-        ("multi_party", "p3eft", 4),
-    ):
-        s = scenario(
-            method=method,
-            hosts=hosts,
-            rounds=300,
-            data=data,
-            leak_every=50,
-            rank=16,
-            lora_alpha=32,
-            lr=1e-3,
-            reg=0.0,
-        )
-        launch(s, tmp_path / label)
-        runs[label] = read_summary(tmp_path / label)
-    vanilla, two, multi = runs["vanilla"], runs["two_party"], runs["multi_party"]
-    assert vanilla["leak_grad_norm"] > 0.9 and vanilla["leak_grad_spectral"] > 0.9
-    assert vanilla["leak_act_spectral"] > 0.9 and vanilla["leak_update_spectral"] > 0.85
-    assert vanilla["final"]["eval_accuracy"] > 0.85  # above the 75% of always-negative
+    s = scenario(
+        method=method,
+        hosts=hosts,
+        rounds=300,
+        data=data,
+        leak_every=50,
+        rank=16,
+        lora_alpha=32,
+        lr=1e-3,
+        reg=0.0,
+    )
+    launch(s, tmp_path / "run")
+    run = read_summary(tmp_path / "run")
+    assert run["final"]["eval_accuracy"] > 0.85  # above the 75% of always-negative
+    if method == "vanilla":
+        assert run["leak_grad_norm"] > 0.9 and run["leak_grad_spectral"] > 0.9
+        assert run["leak_act_spectral"] > 0.9 and run["leak_update_spectral"] > 0.85
+        return
     for attack in ("grad_norm", "grad_spectral", "grad_direction"):  # each shard alone
-        assert two[f"leak_{attack}"] < 0.7 and multi[f"leak_{attack}"] < 0.7, attack
+        assert run[f"leak_{attack}"] < 0.7, attack
     for attack in ("pairing_spectral", "span_spectral", "actdiff_spectral", "actdiff_probe"):
-        assert two[f"leak_{attack}"] > 0.9, attack  # the combined attacks find the labels
-        assert f"leak_{attack}" not in multi, attack  # no host holds what they combine
-    # what a multi-party host has left: its adapter set's update between two steps it served,
-    # which still reads the labels (docs/p3eft: no routing we measured stops it)
-    assert multi["leak_update_spectral"] > 0.7 and multi["leak"] >= multi["leak_update_spectral"]
-    for run in (two, multi):
-        assert run["final"]["eval_accuracy"] > vanilla["final"]["eval_accuracy"] - 0.03
+        if hosts == 1:
+            assert run[f"leak_{attack}"] > 0.9, attack  # the combined attacks find the labels
+        else:
+            assert f"leak_{attack}" not in run, attack  # no host holds what they combine
+    if hosts > 1:
+        # what a multi-party host has left: its adapter set's update between two steps it
+        # served, which still reads the labels (docs/p3eft: no routing we measured stops it)
+        assert run["leak_update_spectral"] > 0.7 and run["leak"] >= run["leak_update_spectral"]
 
 
 def test_distance_correlation_is_one_for_labels_and_near_zero_for_noise():
