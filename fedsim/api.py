@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from fedsim.checkpoint import CheckpointError, load_checkpoint
@@ -50,7 +51,7 @@ from fedsim.results import (
 )
 from fedsim.runtime import launch
 from fedsim.sweeps import read_sweep, run_sweep
-from fedsim.tracking import Trackers, TrackingConfig
+from fedsim.tracking import MODULES, Trackers, TrackingConfig
 
 __all__ = ["RunFailed", "RunResult", "ScenarioError", "SweepResult", "resume", "run", "sweep"]
 ScenarioLike = str | Path | Mapping[str, Any] | Scenario
@@ -231,7 +232,13 @@ def sweep(
     sweep_dir = Path(out or f"runs/sweeps/{cfg.name}")
     tracking = None
     if track:
-        tracking = (cfg.tracking or TrackingConfig()).model_copy(update={"backends": list(track)})
+        base = (cfg.tracking or TrackingConfig()).model_dump()
+        try:
+            tracking = TrackingConfig.model_validate(base | {"backends": list(track)})
+        except ValidationError:
+            raise ScenarioError(
+                f"--track: {list(track)!r} is not a list of {sorted(MODULES)}"
+            ) from None
     run_sweep(sweep_file, sweep_dir, jobs=jobs, quiet=quiet, tracking=tracking)
     report = write_report(sweep_dir, f"fedsim sweep {sweep_file} --jobs {jobs}")
     record, rows = collect(sweep_dir)

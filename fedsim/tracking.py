@@ -88,13 +88,12 @@ class Tracker:
 class TensorBoard(Tracker):
     """Event files in RUN_DIR/tensorboard: a scalar per metric per round, the config as text."""
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], *_: Any) -> None:
+    def __init__(self, run: TrackedRun) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_id = None
-
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        text = "\n".join(f"    {k} = {json.dumps(v)}" for k, v in flatten(config).items())
+        self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
+        text = "\n".join(f"    {k} = {json.dumps(v)}" for k, v in flatten(run.config).items())
         self.writer.add_text("config", text, global_step=0)
 
     def log(self, row: Mapping[str, Any]) -> None:
@@ -109,38 +108,28 @@ class MLflow(Tracker):
     """An MLflow run: params from the resolved scenario, metrics per round (step = round),
     the run directory as artifacts at the end."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        config: Mapping[str, Any],
-        cfg: TrackingConfig,
-        experiment: str,
-        run_name: str,
-        tags: Mapping[str, str],
-        run_id: str | None,
-    ) -> None:
+    def __init__(self, run: TrackedRun) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        self.client, self.run_dir = MlflowClient(uri), run_dir
-        if run_id is None:
-            found = self.client.get_experiment_by_name(experiment)
-            exp = (
-                found.experiment_id
-                if found
-                else self.client.create_experiment(
-                    experiment, artifact_location=artifact_root(uri, experiment)
-                )
-            )
-            run = self.client.create_run(exp, run_name=run_name, tags=dict(tags))
-            self.run_id = run.info.run_id
-            params = flatten(config)
-            for i in range(0, len(params), 100):  # MLflow's batch limit
-                items = list(params.items())[i : i + 100]
-                self.client.log_batch(self.run_id, params=[_param(k, v) for k, v in items])
-        else:  # a resumed run continues its MLflow run
+        uri = run.cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        self.client, self.run_dir = MlflowClient(uri), run.run_dir
+        if run.resume_id is not None:  # a resumed run continues its MLflow run
             self.run_id = run.resume_id
             self.client.update_run(self.run_id, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(run.experiment)
+        if found is None:
+            root = artifact_root(uri, run.experiment)
+            exp = self.client.create_experiment(run.experiment, artifact_location=root)
+        else:
+            exp = found.experiment_id
+        self.run_id = self.client.create_run(
+            exp, run_name=run.name, tags=dict(run.tags)
+        ).info.run_id
+        params = list(flatten(run.config).items())
+        for i in range(0, len(params), 100):  # MLflow's batch limit
+            batch = [_param(k, v) for k, v in params[i : i + 100]]
+            self.client.log_batch(self.run_id, params=batch)
 
     def log(self, row: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric

@@ -15,7 +15,7 @@ import fedsim
 from fedsim.cli import main
 from fedsim.results import read_metrics
 from fedsim.tracking import flatten, scalars
-from tests.conftest import small_scenario
+from tests.conftest import REPO, small_scenario
 
 
 def tracked(tmp_path, **over):
@@ -123,4 +123,6 @@ def test_a_tracker_that_is_not_installed_is_exit_2_naming_the_extra(tmp_path, ca
     assert not out.exists()
     with pytest.raises(fedsim.ScenarioError, match="'nope' is not one of|should be"):
         fedsim.run(s, out=out, tracking__backends=["nope"])
+    with pytest.raises(fedsim.ScenarioError, match=r"^--track: \['nope'\] is not a list of"):
+        fedsim.sweep(REPO / "scenarios" / "demo_sweep.toml", out=out, track=["nope"])
     assert not out.exists()

@@ -122,7 +122,16 @@ def test_a_large_model_runs_its_clients_side_by_side_with_the_sequential_result(
     assert_same(seq, vec, "large model")
 
 
-def test_the_worker_threads_give_each_client_its_own_gradient():
+@pytest.fixture
+def two_threads():
+    """torch on two threads (the suite's workers run on one each): a pool of two replicas."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_worker_threads_give_each_client_its_own_gradient(two_threads):
     # against each client alone through autograd in float64, one model per client
     torch.manual_seed(0)
     cfg = ModelConfig(name="mlp", hidden=[512, 256])
@@ -146,11 +155,10 @@ def test_the_worker_threads_give_each_client_its_own_gradient():
         ref_g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(ref, params)])
         assert float(loss[c]) == pytest.approx(float(ref.detach()), rel=1e-5)
         torch.testing.assert_close(g[c].double(), ref_g, rtol=1e-4, atol=1e-6)
-    if torch.get_num_threads() > 1:  # every replica ran clients, on the pool, not this thread
-        # (which pool thread takes which share is the executor's choice: under load one
-        # thread may take both)
-        assert {k for k, _ in seen} == set(range(len(cohort.replicas)))
-        assert all(name.startswith("fedsim-client") for _, name in seen)
+    # every replica ran clients, on the pool, not this thread (which pool thread takes which
+    # share is the executor's choice: under load one thread may take both)
+    assert len(cohort.replicas) == 2 and {k for k, _ in seen} == {0, 1}
+    assert all(name.startswith("fedsim-client") for _, name in seen)
     assert torch.get_num_threads() == len(cohort.replicas)  # the setting is restored
 
 
