@@ -53,6 +53,7 @@ def small_scenario_initial(base: dict) -> np.ndarray:
 @pytest.mark.parametrize(
     "algorithm",
     [
+        {"name": "proxskip", "p": 0.5, "client_lr": 0.05, "batch_size": 16},
         {
             "name": "scaled_sgd",
             "preconditioner": "adam",
@@ -72,6 +73,13 @@ def small_scenario_initial(base: dict) -> np.ndarray:
         },
         {"name": "ef_signsgd", "client_lr": 0.05},
         {
+            "name": "local_sgd",
+            "local_steps": 2,
+            "batch_size": 16,
+            "uplink": "topk:0.05",
+            "error_feedback": True,
+        },
+        {
             "name": "fedavg",
             "batch_size": 16,
             "privacy": {"mechanism": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0},
@@ -81,12 +89,12 @@ def small_scenario_initial(base: dict) -> np.ndarray:
     ids=lambda a: a["name"],
 )
 def test_stateful_methods_give_the_same_model_on_both_engines(ray_head, tmp_path, algorithm):
-    """One method per kind of state a client keeps between rounds: SCAFFOLD's control
-    variate, an error-feedback memory, GradSkip+'s shifts under per-client coins, Adam's
-    moments, DP-SGD's privacy ledger (ProxSkip, GradSkip, Local SGD's top-k memory and
+    """One method per kind of state a client keeps between rounds: ProxSkip's control
+    variate and GradSkip+'s under per-client coins, SCAFFOLD's, error-feedback memories
+    (of a sign and of a top-k codec), Adam's moments, DP-SGD's privacy ledger (GradSkip and
     FedProx share these code paths; signum_mv's momentum is the server's). On one Ray
     cluster per test worker (`simulation.address`): a Ray start per method would add ~7 s
-    each; the local start is the first test's."""
+    each."""
     private = algorithm.pop("privacy", None)
     base = dict(rounds=3, algorithm=algorithm) | ({"privacy": private} if private else {})
     launch(small_scenario(**base), tmp_path / "inprocess")

@@ -1,10 +1,10 @@
 """Datasets, their registry, the `[data]` config, and client partitioning.
 
 Importing this package registers the built-in datasets: digits, logreg, synthetic, libsvm,
-sentences, text_tsv.
+sentences, text_tsv, hf.
 """
 
-from fedsim.data import digits, libsvm, logreg, sentences, synthetic, text  # noqa: F401
+from fedsim.data import digits, hf, libsvm, logreg, sentences, synthetic, text  # noqa: F401
 from fedsim.data.base import DATASETS, Dataset, DatasetSpec
 from fedsim.data.config import DataConfig
 from fedsim.data.libsvm import read_libsvm

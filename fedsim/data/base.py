@@ -44,7 +44,7 @@ class DatasetSpec:
 
     options: type[BaseModel]
     load: Callable[[Any, DataConfig, int], Dataset]
-    natural: bool
+    natural: bool | None  # None: either, as the scenario's partitioner says (hf datasets)
 
 
 class NoOptions(BaseModel, extra="forbid", allow_inf_nan=False):

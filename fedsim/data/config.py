@@ -62,6 +62,8 @@ class DataConfig(BaseModel):
         if name is None:  # the dataset itself was invalid and is reported on its own
             return partitioner
         natural = DATASETS.get(name).natural
+        if natural is None:  # the dataset can be split either way
+            return partitioner
         if natural and partitioner != "natural":
             raise ValueError(
                 f"dataset {name!r} defines its own client split: partitioner must be "

@@ -1,0 +1,191 @@
+"""The `hf` dataset kind on local artifacts in the schemas of the datasets papers use (nothing
+is downloaded): FEMNIST-like images with a writer id (a save_to_disk directory), Shakespeare-
+like text with a speaking role (parquet files), CIFAR-like colour images (Dirichlet split),
+SST-2 from ../shared/data (TSV); natural partitions give every example to its own writer or
+role exactly once; a Hub name that cannot be reached is exit 2 with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from datasets import Dataset as HFDataset
+from datasets import DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+
+from fedsim.config import load_scenario
+from fedsim.data import DataConfig, client_data, load_dataset, partition_indices
+from fedsim.data.text import read_tsv
+
+from .conftest import SHARED
+
+
+def images(pixels: np.ndarray, mode: str) -> list:
+    return [PILImage.fromarray(p.astype(np.uint8), mode=mode) for p in pixels]
+
+
+def scenario(data: dict, **over):
+    raw = {
+        "rounds": 1,
+        "data": data,
+        "model": {"name": "mlp", "hidden": [16]},
+        "algorithm": {"name": "fedavg", "batch_size": 8, "client_lr": 0.1},
+    }
+    return load_scenario(raw | over)
+
+
+def test_femnist_like_writers_from_a_save_to_disk_directory(tmp_path):
+    rng = np.random.default_rng(0)
+    writers = [f"f{w:04d}_{w}" for w in range(5)]
+
+    def split(per_writer: int) -> HFDataset:
+        rows = [(w, k) for w, _ in enumerate(writers) for k in range(per_writer)]
+        pixels = rng.integers(0, 256, size=(len(rows), 28, 28))
+        pixels[:, 0, 0] = [w for w, _ in rows]  # the writer, readable back from the features
+        return HFDataset.from_dict(
+            {
+                "image": images(pixels, "L"),
+                "writer_id": [writers[w] for w, _ in rows],
+                "character": [int(rng.integers(0, 62)) for _ in rows],
+            },
+            features=Features(
+                {"image": Image(), "writer_id": Value("string"), "character": Value("int64")}
+            ),
+        )
+
+    DatasetDict({"train": split(7), "test": split(2)}).save_to_disk(tmp_path / "femnist")
+    options = {
+        "name": str(tmp_path / "femnist"),
+        "test_split": "test",
+        "label_column": "character",
+        "client_column": "writer_id",
+    }
+    data = {"dataset": "hf", "num_clients": 5, "partitioner": "natural", "options": options}
+    s = scenario(data)
+    ds = load_dataset(s.data, s.seed)
+    assert ds.x_train.shape == (35, 784) and ds.meta["image_shape"] == (1, 28, 28)
+    assert ds.x_test.shape == (10, 784) and ds.x_train.max() <= 1.0
+    parts = partition_indices(s.data, s.seed)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(35))  # each example once
+    owners = [set(np.rint(ds.x_train[p, 0] * 255).astype(int).tolist()) for p in parts]
+    assert all(len(o) == 1 for o in owners) and sorted(o.pop() for o in owners) == [0, 1, 2, 3, 4]
+    assert all(len(p) == 7 for p in parts)  # all of a writer's examples with that writer
+    three = scenario({**data, "num_clients": 3})  # a seeded sample of the writers
+    assert [len(p) for p in partition_indices(three.data, three.seed)] == [7, 7, 7]
+    with pytest.raises(ValueError, match="6 is more than the 5 natural clients"):
+        scenario({**data, "num_clients": 6})
+
+
+def test_shakespeare_like_roles_from_parquet_files(tmp_path):
+    lines = ["to be or not to be", "all the world's a stage", "now is the winter"]
+    roles = ["HAMLET", "JAQUES", "GLOUCESTER", "OPHELIA"]
+
+    def table(n: int, name: str) -> None:
+        rows = []
+        for i in range(n):
+            text = lines[i % 3][: 5 + i % 7]
+            rows.append({"x": text, "y": lines[i % 3][len(text)], "character_id": roles[i % 4]})
+        HFDataset.from_list(rows).to_parquet(tmp_path / "shakespeare" / f"{name}.parquet")
+
+    (tmp_path / "shakespeare").mkdir()
+    table(40, "train")
+    table(12, "test")
+    options = {
+        "name": str(tmp_path / "shakespeare"),
+        "test_split": "test",
+        "input_column": "x",
+        "label_column": "y",
+        "client_column": "character_id",
+        "text": "chars",
+        "max_len": 20,
+    }
+    data = {"dataset": "hf", "num_clients": 4, "partitioner": "natural", "options": options}
+    cfg = DataConfig.model_validate(data)
+    ds = load_dataset(cfg, 0)
+    vocab = ds.meta["vocab"]
+    decoded = ["".join(vocab[i] for i in row if i) for row in ds.x_train]
+    expected = [lines[i % 3][: 5 + i % 7] for i in range(40)]
+    assert decoded == expected and ds.x_train.dtype == np.int64
+    assert ds.num_classes == len(ds.meta["labels"]) and set(ds.meta["labels"]) <= set(
+        "".join(lines)
+    )
+    parts = partition_indices(cfg, 0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(40))
+    for p in parts:  # one role per client: rows i, i+4, i+8, ...
+        assert len({i % 4 for i in p.tolist()}) == 1 and len(p) == 10
+    x, y, _ = client_data(cfg, 0, 2)
+    assert x.shape == (10, 20) and y.shape == (10,)
+    with pytest.raises(ValueError, match="holds int64 token ids, not features"):
+        scenario(data)  # no federated text model yet: refused at load, not trained on ids
+
+
+def test_cifar_like_colour_images_normalised_and_split_by_dirichlet(tmp_path):
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, size=(60, 32, 32, 3))
+    train = HFDataset.from_dict(
+        {"img": images(pixels[:48], "RGB"), "label": rng.integers(0, 10, 48).tolist()},
+        features=Features({"img": Image(), "label": Value("int64")}),
+    )
+    test = HFDataset.from_dict(
+        {"img": images(pixels[48:], "RGB"), "label": list(range(10)) + [0, 1]},
+        features=Features({"img": Image(), "label": Value("int64")}),
+    )
+    DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "cifar")
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    options = {"name": str(tmp_path / "cifar"), "input_column": "img", "test_split": "test"}
+    data = {"dataset": "hf", "num_clients": 3, "partitioner": "dirichlet", "alpha": 1.0}
+    s = scenario({**data, "options": options | {"mean": mean, "std": std}})
+    ds = load_dataset(s.data, s.seed)
+    assert ds.meta["image_shape"] == (3, 32, 32) and ds.num_classes == 10
+    chw = ds.x_train.reshape(48, 3, 32, 32)
+    want = (pixels[:48].transpose(0, 3, 1, 2) / 255 - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(
+        std, (1, 3, 1, 1)
+    )
+    np.testing.assert_allclose(chw, want, rtol=1e-5, atol=1e-5)
+    parts = partition_indices(s.data, s.seed)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(48))
+    with pytest.raises(ValueError, match="partitioner 'natural' needs options.client_column"):
+        scenario({**data, "partitioner": "natural", "options": options})
+    with pytest.raises(ValueError, match="mean: 1 values for 3 channels"):
+        scenario({**data, "options": options | {"mean": [0.5], "std": [0.2]}})
+
+
+def test_sst2_tsv_files_through_the_hf_kind_match_the_tsv_reader():
+    sst2 = SHARED / "data" / "sst2"
+    options = {"name": str(sst2), "input_column": "sentence", "test_split": "test"}
+    data = {"dataset": "hf", "num_clients": 4, "partitioner": "iid"}
+    ds = load_dataset(
+        DataConfig.model_validate(data | {"options": options | {"max_examples": 2000}}), 0
+    )
+    sentences, labels = read_tsv(sst2 / "test.tsv", "sentence", "label")
+    assert ds.x_test.shape == (872, 64) and ds.num_classes == 2
+    np.testing.assert_array_equal(ds.y_test, labels)
+    vocab = ds.meta["vocab"]
+    for row, text in zip(ds.x_test[:50], sentences[:50], strict=True):
+        words = [w for w in text.split() if w in vocab][:64]
+        assert [vocab[i] for i in row if i] == words
+    assert ds.x_train.shape == (2000, 64)
+
+
+def test_a_hub_name_that_cannot_be_reached_is_exit_2_with_one_line(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'rounds = 1\n[data]\ndataset = "hf"\noptions = { name = "uoft-cs/cifar10" }\n'
+        '[algorithm]\nname = "fedavg"\n'
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network here either way; no retries
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(path), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("fedsim: error: scenario.data") and "'uoft-cs/cifar10' cannot be" in line
+    assert "needs network access; give a local path" in line
+    assert not (tmp_path / "run").exists()
