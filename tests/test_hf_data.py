@@ -19,6 +19,8 @@ from PIL import Image as PILImage
 from fedsim.config import load_scenario
 from fedsim.data import DataConfig, client_data, load_dataset, partition_indices
 from fedsim.data.text import read_tsv
+from fedsim.results import read_metrics, read_summary
+from fedsim.runtime import launch
 
 from .conftest import SHARED
 
@@ -77,6 +79,13 @@ def test_femnist_like_writers_from_a_save_to_disk_directory(tmp_path):
     assert [len(p) for p in partition_indices(three.data, three.seed)] == [7, 7, 7]
     with pytest.raises(ValueError, match="6 is more than the 5 natural clients"):
         scenario({**data, "num_clients": 6})
+    # the FedAvg paper's CNN trains on it: a round moves the model and the loss is finite
+    cnn = scenario(data, model={"name": "fedavg_cnn"}, rounds=2)
+    launch(cnn, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
+    # conv 1x32x5x5, conv 32x64x5x5, 3136x512, 512xK, with biases (K = 62 on FEMNIST: 1,690,046)
+    assert read_summary(tmp_path / "run")["d"] == 1_658_240 + 513 * ds.num_classes
 
 
 def test_shakespeare_like_roles_from_parquet_files(tmp_path):

@@ -116,6 +116,7 @@ def read_splits(o: HFOptions) -> tuple[Any, Any | None]:
 
 def local_files(path: Path) -> dict[str, Any]:
     """FederatedDataset arguments for parquet / csv / tsv files (plain or .gz)."""
+
     def kind(p: Path) -> str | None:
         return FILES.get(Path(p.name.removesuffix(".gz")).suffix)
 
