@@ -33,7 +33,7 @@ from pydantic import (
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Profiles, SystemConfig
 from fedsim.method import METHODS, FederatedMethod, Method, Params
-from fedsim.models import ModelConfig, build_model
+from fedsim.models import ModelConfig, build_model, takes_ids
 from fedsim.registry import Registry, load_plugins
 from fedsim.tracking import MODULES, TrackingConfig
 
@@ -375,16 +375,18 @@ def check_data_and_model(scenario: Scenario) -> None:
         client_data(scenario.data, scenario.seed, 0)  # partitions (or generates) the clients
     except (ValueError, OSError) as e:
         raise ValueError(f"data: {e}") from None
-    if not np.issubdtype(ds.x_train.dtype, np.floating):
-        raise ValueError(
-            f"data.dataset: {scenario.data.dataset!r} holds {ds.x_train.dtype} token ids, not"
-            f" features algorithm.name {scenario.method.name!r} can train a model on"
-        )
     try:
         with torch.device("meta"):
-            build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
+            model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
     except ValueError as e:
         raise ValueError(f"{e} (data.dataset {scenario.data.dataset!r})") from None
+    ids = not np.issubdtype(ds.x_train.dtype, np.floating)
+    if ids != takes_ids(model):
+        what = f"{ds.x_train.dtype} token ids" if ids else "float features"
+        raise ValueError(
+            f"model.name: {scenario.model.name!r} cannot read what data.dataset"
+            f" {scenario.data.dataset!r} holds ({what}; text_bow reads ids, the others features)"
+        )
 
 
 def _one_line(err: ValidationError, prefix: tuple[str, ...], model: type[BaseModel]) -> str:

@@ -26,6 +26,8 @@ class ModelConfig(BaseModel):
     name: Annotated[str, AfterValidator(MODELS.check)] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])
     bias: bool = True
+    embedding: int = Field(64, ge=1, description="text_bow: the width of a word's vector")
+    buckets: int = Field(32768, ge=2, description="text_bow: word ids are taken mod buckets")
 
     @field_validator("hidden")
     @classmethod
@@ -125,6 +127,43 @@ def fedavg_cnn(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Modul
     except ValueError as e:
         raise ValueError(f"model.name: 'fedavg_cnn' needs images: {e}") from None
     return FedAvgCNN(channels, side, num_classes, cfg.bias)
+
+
+class TextBoW(nn.Module):
+    """A text classifier over word ids: the mean of the words' vectors (id 0 pads and is left
+    out; ids beyond `buckets` share vectors, the hashing trick), hidden ReLU layers, the
+    output. fastText's shape, small enough to federate."""
+
+    takes_ids = True  # its inputs are token ids, not features
+
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        self.buckets = cfg.buckets
+        self.embed = nn.Embedding(cfg.buckets, cfg.embedding)
+        nn.init.uniform_(self.embed.weight, -0.5 / cfg.embedding, 0.5 / cfg.embedding)  # fastText's
+        layers: list[nn.Module] = []
+        width = cfg.embedding
+        for h in cfg.hidden:
+            layers += [nn.Linear(width, h, bias=cfg.bias), nn.ReLU()]
+            width = h
+        self.head = nn.Sequential(*layers, nn.Linear(width, output_dim(num_classes), bias=cfg.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x.long()
+        words = (ids != 0).unsqueeze(-1).to(self.embed.weight.dtype)
+        vectors = self.embed(ids % self.buckets) * words
+        mean = vectors.sum(-2) / words.sum(-2).clamp(min=1.0)
+        return self.head(mean)
+
+
+@MODELS("text_bow", "mean of word vectors and an MLP: a text classifier over word ids")
+def text_bow(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    return TextBoW(cfg, num_classes)
+
+
+def takes_ids(model: nn.Module) -> bool:
+    """Whether a model reads token ids (text_bow) rather than float features."""
+    return getattr(model, "takes_ids", False)
 
 
 def build_model(cfg: ModelConfig, in_features: int, num_classes: int, seed: int) -> nn.Module:

@@ -22,7 +22,7 @@ from fedsim.data.text import read_tsv
 from fedsim.results import read_metrics, read_summary
 from fedsim.runtime import launch
 
-from .conftest import SHARED
+from .conftest import REPO, SHARED
 
 
 def images(pixels: np.ndarray, mode: str) -> list:
@@ -127,8 +127,12 @@ def test_shakespeare_like_roles_from_parquet_files(tmp_path):
         assert len({i % 4 for i in p.tolist()}) == 1 and len(p) == 10
     x, y, _ = client_data(cfg, 0, 2)
     assert x.shape == (10, 20) and y.shape == (10,)
-    with pytest.raises(ValueError, match="holds int64 token ids, not features"):
-        scenario(data)  # no federated text model yet: refused at load, not trained on ids
+    with pytest.raises(ValueError, match=r"cannot read what data.dataset 'hf' holds \(int64"):
+        scenario(data)  # an MLP would read ids as numbers: refused at load
+    bow = scenario(data, model={"name": "text_bow", "embedding": 8, "hidden": [8]}, rounds=2)
+    launch(bow, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
 
 
 def test_cifar_like_colour_images_normalised_and_split_by_dirichlet(tmp_path):
@@ -198,3 +202,12 @@ def test_a_hub_name_that_cannot_be_reached_is_exit_2_with_one_line(tmp_path):
     assert line.startswith("fedsim: error: scenario.data") and "'uoft-cs/cifar10' cannot be" in line
     assert "needs network access; give a local path" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_the_sst2_scenario_runs_from_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # its data path is ../shared/data/sst2, as the README runs it
+    s = load_scenario(REPO / "scenarios" / "sst2" / "sst2_fedavg.toml", ["rounds=1"])
+    assert s.model.name == "text_bow" and s.data.options["name"] == "../shared/data/sst2"
+    launch(s, tmp_path / "run")
+    (row,) = read_metrics(tmp_path / "run")
+    assert row["clients"] == 10 and 0.4 < row["eval_accuracy"] < 1.0
