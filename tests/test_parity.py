@@ -54,6 +54,7 @@ def small_scenario_initial(base: dict) -> np.ndarray:
     "algorithm",
     [
         {"name": "proxskip", "p": 0.5, "client_lr": 0.05, "batch_size": 16},
+        {"name": "gradskip", "p": 0.5, "client_lr": 0.05, "batch_size": 16, "q": 0.6},
         {
             "name": "scaled_sgd",
             "preconditioner": "adam",
@@ -71,6 +72,7 @@ def small_scenario_initial(base: dict) -> np.ndarray:
             "regularizer": "l1",
             "reg": 0.01,
         },
+        {"name": "signum_mv", "server_lr": 0.01, "fraction": 0.7},
         {"name": "ef_signsgd", "client_lr": 0.05},
         {
             "name": "local_sgd",
@@ -84,17 +86,14 @@ def small_scenario_initial(base: dict) -> np.ndarray:
             "batch_size": 16,
             "privacy": {"mechanism": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0},
         },
+        {"name": "fedprox", "mu": 0.5, "batch_size": 16, "fraction": 0.5},
         {"name": "scaffold", "local_steps": 3, "batch_size": 16, "fraction": 0.5},
     ],
     ids=lambda a: a["name"],
 )
 def test_stateful_methods_give_the_same_model_on_both_engines(ray_head, tmp_path, algorithm):
-    """One method per kind of state a client keeps between rounds: ProxSkip's control
-    variate and GradSkip+'s under per-client coins, SCAFFOLD's, error-feedback memories
-    (of a sign and of a top-k codec), Adam's moments, DP-SGD's privacy ledger (GradSkip and
-    FedProx share these code paths; signum_mv's momentum is the server's). On one Ray
-    cluster per test worker (`simulation.address`): a Ray start per method would add ~7 s
-    each."""
+    """Every method with its own state or round settings, on one Ray cluster per test
+    worker (`simulation.address`): a Ray start per method would add ~7 s each."""
     private = algorithm.pop("privacy", None)
     base = dict(rounds=3, algorithm=algorithm) | ({"privacy": private} if private else {})
     launch(small_scenario(**base), tmp_path / "inprocess")
