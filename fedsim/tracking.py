@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -75,14 +75,12 @@ class TrackedRun:
     resume_id: str | None
 
 
-class Tracker:
-    """One backend's run: `log` a row per round, `close` with the summary."""
+class Tracker(Protocol):
+    """One backend's run: `log` a row per round, `close` with the summary (None: failed)."""
 
-    def log(self, row: Mapping[str, Any]) -> None:
-        raise NotImplementedError
+    def log(self, row: Mapping[str, Any]) -> None: ...
 
-    def close(self, summary: Mapping[str, Any] | None) -> None:
-        raise NotImplementedError
+    def close(self, summary: Mapping[str, Any] | None) -> None: ...
 
 
 class TensorBoard(Tracker):
