@@ -42,6 +42,7 @@ from fedsim.report import axis_keys, collect, means, write_report
 from fedsim.results import (
     CLIENTS,
     CONFIG,
+    METRICS,
     MODEL,
     MetricsWriter,
     RunFailed,
@@ -50,7 +51,7 @@ from fedsim.results import (
     read_summary,
 )
 from fedsim.runtime import launch
-from fedsim.sweeps import read_sweep, run_sweep
+from fedsim.sweeps import point_dir, read_sweep, run_sweep
 from fedsim.tracking import MODULES, Trackers, TrackingConfig
 
 __all__ = ["RunFailed", "RunResult", "ScenarioError", "SweepResult", "resume", "run", "sweep"]
@@ -71,7 +72,7 @@ class RunResult:
     def read(cls, run_dir: Path | str) -> RunResult:
         run_dir = Path(run_dir)
         scenario = load_scenario(run_dir / CONFIG)
-        return cls(run_dir, scenario, read_rows(run_dir / "metrics.jsonl"), read_summary(run_dir))
+        return cls(run_dir, scenario, read_rows(run_dir / METRICS), read_summary(run_dir))
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -118,7 +119,7 @@ class SweepResult:
         return pd.DataFrame(self.means)
 
     def run(self, point: int, seed: int) -> RunResult:
-        return RunResult.read(self.sweep_dir / "points" / f"{point:03d}" / f"seed{seed}")
+        return RunResult.read(point_dir(self.sweep_dir, point, seed))
 
 
 def scenario_of(source: ScenarioLike, overrides: Overrides = (), **keys: Any) -> Scenario:

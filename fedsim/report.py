@@ -25,7 +25,7 @@ from fedsim.results import (  # noqa: E402
     SUMMARY,
     read_metrics,
 )
-from fedsim.sweeps import SWEEP_RECORD  # noqa: E402
+from fedsim.sweeps import SWEEP_RECORD, point_dir  # noqa: E402
 
 FINAL = ("eval_accuracy", "eval_loss", "train_loss", "dist_to_opt", "rel_dist_to_opt")
 TOTALS = ("total_bytes_up", "total_bytes_down", "total_grad_evals", "sim_time_s", "wall_s")
@@ -55,7 +55,7 @@ def collect(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rows = []
     for point, setting in sorted(record["points"].items(), key=lambda kv: int(kv[0])):
         for seed in record["config"]["seeds"]:
-            run = sweep_dir / "points" / f"{int(point):03d}" / f"seed{seed}"
+            run = point_dir(sweep_dir, point, seed)
             row: dict[str, Any] = {"point": int(point), "seed": seed}
             row |= {k: setting.get(k, "") for k in keys}
             if (run / SUMMARY).is_file():
@@ -120,7 +120,7 @@ def point_runs(
     }
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     for r in rows:
-        run = sweep_dir / "points" / f"{r['point']:03d}" / f"seed{r['seed']}"
+        run = point_dir(sweep_dir, r["point"], r["seed"])
         if r["status"] == "ok" and (run / METRICS).is_file():
             runs.setdefault(labels[r["point"]], []).append(read_metrics(run))
     return runs

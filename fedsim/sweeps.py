@@ -93,6 +93,11 @@ class SweepConfig(BaseModel):
     tracking: TrackingConfig | None = None  # default: the base scenario's [tracking]
 
 
+def point_dir(sweep_dir: Path, point: int, seed: int) -> Path:
+    """The run directory of one (point, seed) of a sweep."""
+    return Path(sweep_dir) / "points" / f"{int(point):03d}" / f"seed{seed}"
+
+
 @dataclass(frozen=True)
 class Run:
     """One (point, seed) of a sweep."""
@@ -107,7 +112,7 @@ class Run:
         return ", ".join(f"{k}={v}" for k, v in self.setting.items()) or "base"
 
     def directory(self, sweep_dir: Path) -> Path:
-        return sweep_dir / "points" / f"{self.point:03d}" / f"seed{self.seed}"
+        return point_dir(sweep_dir, self.point, self.seed)
 
 
 def grid(axes: list[Axis]) -> list[dict[str, Any]]:
