@@ -22,7 +22,7 @@ import torch
 
 from fedsim.config import load_scenario
 from fedsim.data import load_dataset
-from fedsim.privacy.backbone import BackboneSpec, encode_text
+from fedsim.privacy.backbone import BackboneSpec, encode_text, words
 from fedsim.registry import load_ref
 from fedsim.runtime.inprocess import InProcessGrid
 from fedsim.servers.host_views import HostViews
@@ -48,7 +48,9 @@ def setup(method: str, backbone: str):
         }
     )
     p, ds = s.algorithm, load_dataset(s.data, s.seed)
-    spec = BackboneSpec(p.backbone, len(ds.meta["vocab"]), s.seed, p.adapters, p.rank, p.lora_alpha)
+    spec = BackboneSpec(
+        p.backbone, len(words(ds.meta["vocab"])), s.seed, p.adapters, p.rank, p.lora_alpha
+    )
     grid = InProcessGrid(load_ref("fedsim.clients.app:app"), p.hosts)
     hosts = Hosts(grid, list(grid.get_node_ids()), spec, p.shards, p.rotate)
     x = {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train)[0].items()}

@@ -8,7 +8,8 @@ vmap(grad(functional_call)) over the stacked parameters and padded batches), `lo
 each client through the model itself (autograd). Under DP-SGD both compute the noisy
 clipped gradient of privacy/clipping.py (per example inside per client). One client always
 takes the loop: it is the sequential path. Models above VMAP_PARAMS parameters on a CPU
-take it too, where stacking does not pay; a cohort of them runs its clients side by side
+take it too, where stacking does not pay, and models vmap cannot batch (fused LSTMs); a
+cohort of them runs its clients side by side
 instead, one model replica and one single-threaded worker per core (a batch-32 step of one
 client is too small to keep two cores busy; under DP-SGD one after another on the model).
 Each client draws its batches from its own generator, step by step, exactly as alone.
@@ -35,7 +36,15 @@ from fedsim.config import PrivacyConfig
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Adversaries, Failures
 from fedsim.method import METHODS, FederatedMethod, Params
-from fedsim.models import VMAP_PARAMS, ModelConfig, bind, build_model, flat_params, loss_fn
+from fedsim.models import (
+    VMAP_PARAMS,
+    ModelConfig,
+    bind,
+    build_model,
+    flat_params,
+    loss_fn,
+    vmaps,
+)
 from fedsim.privacy.clipping import PrivateGradients
 from fedsim.privacy.mechanisms import poisson_batches
 from fedsim.registry import load_plugins
@@ -147,8 +156,8 @@ class Cohort:
         self.regularized = any(s.l2 for s in shards)
         small = model.flat_buffer.numel() <= VMAP_PARAMS or self.device.type == "cuda"
         batched = vectorize and len(shards) > 1
-        self.vmap = batched and small
-        threads = batched and not small and self.private is None  # hooks: one model
+        self.vmap = batched and small and vmaps(model)
+        threads = batched and not self.vmap and self.private is None  # hooks: one model
         self.replicas = replicas(model) if threads else [model]
         self.gens: list[torch.Generator] = []
         self.expected: list[float] = []

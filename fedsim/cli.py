@@ -99,14 +99,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedsim.codecs import CODEC_FAMILIES, CODECS
     from fedsim.data import DATASETS
     from fedsim.method import METHODS
-    from fedsim.models import MODELS
+    from fedsim.models import MODELS, example_parameters
     from fedsim.registry import load_plugins
 
     load_plugins()
     print("algorithms:")
     for e in METHODS:
         print(f"  {e.name:14s} {e.doc}")
-    for title, reg in (("datasets", DATASETS), ("models", MODELS), ("codecs", CODECS)):
+    print("models:")
+    for e in MODELS:
+        count, example = example_parameters(e.name)
+        print(f"  {e.name:14s} {count:>9,} parameters on {example.what}: {e.doc}")
+    for title, reg in (("datasets", DATASETS), ("codecs", CODECS)):
         print(f"{title}:")
         for e in reg:
             print(f"  {e.name:14s} {e.doc.splitlines()[0] if e.doc else ''}")

@@ -385,7 +385,8 @@ def check_data_and_model(scenario: Scenario) -> None:
         what = f"{ds.x_train.dtype} token ids" if ids else "float features"
         raise ValueError(
             f"model.name: {scenario.model.name!r} cannot read what data.dataset"
-            f" {scenario.data.dataset!r} holds ({what}; text_bow reads ids, the others features)"
+            f" {scenario.data.dataset!r} holds ({what}; text_bow and char_lstm read ids, the"
+            " others features)"
         )
 
 

@@ -7,15 +7,19 @@ vector of d numbers: that vector is what travels and what the methods update.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from fedsim.data.base import PAD
 from fedsim.registry import Registry
 
 MODELS: Registry = Registry("model")
+Builder = Callable[["ModelConfig", int, int], nn.Module]
 
 
 class ModelConfig(BaseModel):
@@ -27,7 +31,10 @@ class ModelConfig(BaseModel):
     hidden: list[int] = Field(default_factory=lambda: [64])
     bias: bool = True
     embedding: int = Field(64, ge=1, description="text_bow: the width of a word's vector")
-    buckets: int = Field(32768, ge=2, description="text_bow: word ids are taken mod buckets")
+    buckets: int = Field(
+        32768, ge=2, description="text_bow, char_lstm: ids are taken mod buckets (the table size)"
+    )
+    depth: int = Field(20, ge=8, description="resnet: 6n+2 layers (8, 14, 20, 32, 44, 56)")
 
     @field_validator("hidden")
     @classmethod
@@ -36,18 +43,58 @@ class ModelConfig(BaseModel):
             raise ValueError(f"{v} must hold positive layer widths")
         return v
 
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_two(cls, v: int) -> int:
+        if (v - 2) % 6:
+            raise ValueError(f"{v} is not 6n+2 (a CIFAR ResNet: 8, 14, 20, 32, 44, 56)")
+        return v
+
+
+@dataclass(frozen=True)
+class Example:
+    """The input a model's parameter count is quoted for in `fedsim list`."""
+
+    what: str
+    in_features: int
+    num_classes: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+EXAMPLES: dict[str, Example] = {}
+
+
+def model(name: str, doc: str, example: Example) -> Callable[[Builder], Builder]:
+    """Register a model builder `(cfg, in_features, num_classes) -> nn.Module`."""
+
+    def deco(build: Builder) -> Builder:
+        EXAMPLES[name] = example
+        return MODELS.register(name, build, doc)
+
+    return deco
+
+
+def example_parameters(name: str) -> tuple[int, Example]:
+    """The parameter count of model `name` on its example input (built on the meta device)."""
+    ex = EXAMPLES[name]
+    with torch.device("meta"):
+        m = MODELS.get(name)(ModelConfig(name=name, **ex.config), ex.in_features, ex.num_classes)
+    return sum(p.numel() for p in m.parameters()), ex
+
 
 def output_dim(num_classes: int) -> int:
     """Binary tasks use one logit (BCE-with-logits), multiclass one logit per class."""
     return 1 if num_classes == 2 else num_classes
 
 
-@MODELS("logreg", "linear model: logistic / softmax regression")
+@model("logreg", "linear model: logistic / softmax regression", Example("8x8 digits", 64, 10))
 def logreg(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(in_features, output_dim(num_classes), bias=cfg.bias)
 
 
-@MODELS("mlp", "multilayer perceptron with ReLU (widths from `hidden`)")
+@model(
+    "mlp", "multilayer perceptron with ReLU (widths from `hidden`)", Example("8x8 digits", 64, 10)
+)
 def mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     layers: list[nn.Module] = []
     width = in_features
@@ -78,7 +125,11 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.view(-1, 1, self.side, self.side)))
 
 
-@MODELS("cnn", "small CNN for square one-channel images such as 8x8 digits")
+@model(
+    "cnn",
+    "small CNN for square one-channel images such as 8x8 digits",
+    Example("8x8 digits", 64, 10),
+)
 def cnn(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     side = math.isqrt(in_features)
     if side * side != in_features:
@@ -120,13 +171,125 @@ class FedAvgCNN(nn.Module):
         return self.layers(x.view(-1, *self.shape))
 
 
-@MODELS("fedavg_cnn", "the FedAvg paper's CNN for 28x28 or 32x32 images, 1 or 3 channels")
+@model(
+    "fedavg_cnn",
+    "the FedAvg paper's CNN for 28x28 or 32x32 images, 1 or 3 channels",
+    Example("FEMNIST, 28x28, 62 classes", 784, 62),
+)
 def fedavg_cnn(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     try:
         channels, side = image_shape(in_features)
     except ValueError as e:
         raise ValueError(f"model.name: 'fedavg_cnn' needs images: {e}") from None
     return FedAvgCNN(channels, side, num_classes, cfg.bias)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm and a shortcut (a 1x1 convolution where the shape
+    changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.GroupNorm(GROUPS, cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.GroupNorm(GROUPS, cout),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(GROUPS, cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+GROUPS = 2  # GroupNorm's groups, as Hsieh et al. (2020) used for non-IID clients
+
+
+class ResNet(nn.Module):
+    """He et al.'s CIFAR ResNet (6n+2 layers: three stages of n basic blocks at 16, 32 and 64
+    channels, global average pooling, the output) with GroupNorm in place of BatchNorm: no
+    running statistics (a fedsim model is parameters only), and the normalisation that holds
+    up when clients' data differ (Hsieh et al., 2020)."""
+
+    def __init__(self, channels: int, side: int, depth: int, num_classes: int) -> None:
+        super().__init__()
+        self.shape = (channels, side, side)
+        n = (depth - 2) // 6
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, 16, 3, 1, 1, bias=False),
+            nn.GroupNorm(GROUPS, 16),
+            nn.ReLU(),
+        ]
+        width = 16
+        for stage, out in enumerate((16, 32, 64)):
+            for block in range(n):
+                layers.append(BasicBlock(width, out, 2 if stage and not block else 1))
+                width = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(64, output_dim(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, *self.shape)))
+
+
+@model(
+    "resnet",
+    "CIFAR ResNet (depth 6n+2) with GroupNorm, for 1- or 3-channel square images",
+    Example("CIFAR-10, 32x32x3, depth 20", 3072, 10),
+)
+def resnet(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    try:
+        channels, side = image_shape(in_features)
+    except ValueError as e:
+        raise ValueError(f"model.name: 'resnet' needs images: {e}") from None
+    return ResNet(channels, side, cfg.depth, num_classes)
+
+
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model: character vectors, stacked LSTM layers (widths from
+    `hidden`), the output read at the last id before the padding (the next character, for
+    Shakespeare). Ids are taken mod `buckets`."""
+
+    takes_ids = True
+    vmaps = False  # torch has no vmap rule for its fused LSTM: a cohort runs client by client
+
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        self.buckets = cfg.buckets
+        self.embed = nn.Embedding(cfg.buckets, cfg.embedding)
+        widths = [cfg.embedding, *cfg.hidden]
+        self.lstms = nn.ModuleList(
+            nn.LSTM(a, b, batch_first=True) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.head = nn.Linear(widths[-1], output_dim(num_classes), bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x.long()
+        seq = self.embed(ids % self.buckets)
+        for lstm in self.lstms:
+            seq, _ = lstm(seq)
+        positions = torch.arange(ids.shape[-1], device=ids.device)
+        last = torch.where(ids != PAD, positions, 0).amax(-1).view(-1, 1, 1)  # the last real id
+        return self.head(seq.gather(-2, last.expand(-1, 1, seq.shape[-1])).squeeze(-2))
+
+
+@model(
+    "char_lstm",
+    "LEAF's character LSTM (embedding, LSTM layers of widths `hidden`) over ids",
+    Example(
+        "Shakespeare (LEAF: 8 + 2x256, 80 chars)",
+        80,
+        80,
+        {"embedding": 8, "hidden": [256, 256], "buckets": 80},
+    ),
+)
+def char_lstm(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+    return CharLSTM(cfg, num_classes)
 
 
 class TextBoW(nn.Module):
@@ -150,20 +313,29 @@ class TextBoW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = x.long()
-        words = (ids != 0).unsqueeze(-1).to(self.embed.weight.dtype)
+        words = (ids != PAD).unsqueeze(-1).to(self.embed.weight.dtype)
         vectors = self.embed(ids % self.buckets) * words
         mean = vectors.sum(-2) / words.sum(-2).clamp(min=1.0)
         return self.head(mean)
 
 
-@MODELS("text_bow", "mean of word vectors and an MLP: a text classifier over word ids")
+@model(
+    "text_bow",
+    "mean of word vectors and an MLP: a text classifier over word ids",
+    Example("SST-2 (16,384 buckets, scenarios/sst2)", 64, 2, {"buckets": 16384, "hidden": []}),
+)
 def text_bow(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     return TextBoW(cfg, num_classes)
 
 
 def takes_ids(model: nn.Module) -> bool:
-    """Whether a model reads token ids (text_bow) rather than float features."""
+    """Whether a model reads token ids (text_bow, char_lstm) rather than float features."""
     return getattr(model, "takes_ids", False)
+
+
+def vmaps(model: nn.Module) -> bool:
+    """Whether torch.func's vmap batches this model's clients (not fused recurrent layers)."""
+    return getattr(model, "vmaps", True)
 
 
 def build_model(cfg: ModelConfig, in_features: int, num_classes: int, seed: int) -> nn.Module:

@@ -30,7 +30,7 @@ class BackboneSpec:
     """Everything a host needs to build the same frozen model with the same adapter slots."""
 
     name: str  # "tiny-bert", a local path, or a cached model name
-    vocab: int  # the task's vocabulary size (sizes tiny-bert's embeddings)
+    vocab: int  # the task's number of words (sizes tiny-bert's embeddings)
     seed: int  # tiny-bert's initialisation
     adapters: int  # n adapter slots "a0".."a{n-1}"
     rank: int
@@ -130,10 +130,16 @@ def hidden_size(spec: BackboneSpec) -> int:
     return int(model_config(spec).hidden_size)
 
 
+def words(vocab: list[str]) -> list[str]:
+    """The task's words: its vocabulary less padding's "" (what tiny-bert has tokens for)."""
+    return [w for w in vocab if w]
+
+
 def tokenizer(spec: BackboneSpec, vocab: list[str]):
     """tiny-bert: one token per task word; otherwise the model's own tokenizer."""
     if spec.name == TINY:
-        return BertTokenizerFast(vocab={w: i for i, w in enumerate([*SPECIALS, *vocab])})
+        tokens = [*SPECIALS, *words(vocab)]
+        return BertTokenizerFast(vocab={w: i for i, w in enumerate(tokens)})
     return AutoTokenizer.from_pretrained(model_path(spec.name), local_files_only=True)
 
 

@@ -23,7 +23,7 @@ from fedsim.config import Scenario
 from fedsim.data import load_dataset
 from fedsim.methods.split_lora import SplitParams
 from fedsim.models import output_dim
-from fedsim.privacy.backbone import BackboneSpec, adapter_init, encode_text, hidden_size
+from fedsim.privacy.backbone import BackboneSpec, adapter_init, encode_text, hidden_size, words
 from fedsim.privacy.split import (
     ACTIVATIONS,
     GRAD,
@@ -221,7 +221,9 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     p: SplitParams = scenario.algorithm
     ds = load_dataset(scenario.data, scenario.seed)
     vocab = ds.meta["vocab"]
-    spec = BackboneSpec(p.backbone, len(vocab), scenario.seed, p.adapters, p.rank, p.lora_alpha)
+    spec = BackboneSpec(
+        p.backbone, len(words(vocab)), scenario.seed, p.adapters, p.rank, p.lora_alpha
+    )
     x_train, x_test = encode_text(spec, vocab, ds.x_train, ds.x_test)
     y_train, y_test = torch.from_numpy(ds.y_train), torch.from_numpy(ds.y_test)
     partitions = discover_partitions(grid, p.hosts)

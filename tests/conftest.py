@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # Under pytest-xdist, each worker's torch gets its share of the cores, not all of them: two
@@ -10,6 +11,8 @@ from pathlib import Path
 # tests ran 44 s with 2 threads each, 26 s with 1). Processes the tests start inherit it.
 THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
+# preprocessed datasets go to a cache of this session's own, not the user's (fedsim.data.cache)
+os.environ["FEDSIM_CACHE"] = tempfile.mkdtemp(prefix="fedsim-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

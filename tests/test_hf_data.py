@@ -68,7 +68,7 @@ def test_femnist_like_writers_from_a_save_to_disk_directory(tmp_path):
     data = {"dataset": "hf", "num_clients": 5, "partitioner": "natural", "options": options}
     s = scenario(data)
     ds = load_dataset(s.data, s.seed)
-    assert ds.x_train.shape == (35, 784) and ds.meta["image_shape"] == (1, 28, 28)
+    assert ds.x_train.shape == (35, 784) and ds.meta["image_shape"] == [1, 28, 28]
     assert ds.x_test.shape == (10, 784) and ds.x_train.max() <= 1.0
     parts = partition_indices(s.data, s.seed)
     assert sorted(np.concatenate(parts).tolist()) == list(range(35))  # each example once
@@ -152,7 +152,7 @@ def test_cifar_like_colour_images_normalised_and_split_by_dirichlet(tmp_path):
     data = {"dataset": "hf", "num_clients": 3, "partitioner": "dirichlet", "alpha": 1.0}
     s = scenario({**data, "options": options | {"mean": mean, "std": std}})
     ds = load_dataset(s.data, s.seed)
-    assert ds.meta["image_shape"] == (3, 32, 32) and ds.num_classes == 10
+    assert ds.meta["image_shape"] == [3, 32, 32] and ds.num_classes == 10
     chw = ds.x_train.reshape(48, 3, 32, 32)
     want = (pixels[:48].transpose(0, 3, 1, 2) / 255 - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(
         std, (1, 3, 1, 1)

@@ -13,7 +13,7 @@ from flwr.app import Message
 from fedsim.config import ScenarioError, load_scenario
 from fedsim.data import load_dataset
 from fedsim.privacy import attacks
-from fedsim.privacy.backbone import BackboneSpec, adapter_init, load_backbone, tokenizer
+from fedsim.privacy.backbone import BackboneSpec, adapter_init, load_backbone, tokenizer, words
 from fedsim.privacy.split import GRAD, INPUTS, distance_correlation, private_shards
 from fedsim.registry import load_ref
 from fedsim.results import read_metrics, read_summary
@@ -52,7 +52,7 @@ def test_hosts_never_receive_labels_or_the_secret_mixing_weights(tmp_path):
     grid = RecordingGrid(load_ref("fedsim.clients.app:app"), 4)
     run_split(grid, s, tmp_path)
     ds = load_dataset(s.data, s.seed)
-    spec = BackboneSpec("tiny-bert", len(ds.meta["vocab"]), s.seed, 2, 4, 8)
+    spec = BackboneSpec("tiny-bert", len(words(ds.meta["vocab"])), s.seed, 2, 4, 8)
     secret = LabelParty(s.algorithm, spec, 2, s.seed).w.numpy()  # the run's W (same seed)
     theta_keys = set(adapter_init(spec, torch.Generator())[0])
     queries = [m for m in grid.sent if m.metadata.message_type != "query.describe"]
@@ -216,7 +216,7 @@ def test_a_local_model_directory_loads_through_transformers(tmp_path):
     run tiny-bert gives (same weights, same tokens)."""
     s = scenario(method="vanilla", rounds=3)
     ds = load_dataset(s.data, s.seed)
-    spec = BackboneSpec("tiny-bert", len(ds.meta["vocab"]), s.seed, 1, 4, 8)
+    spec = BackboneSpec("tiny-bert", len(words(ds.meta["vocab"])), s.seed, 1, 4, 8)
     model = load_backbone(BackboneSpec(**{**spec.to_dict(), "adapters": 0}))
     model.save_pretrained(tmp_path / "model")
     tokenizer(spec, ds.meta["vocab"]).save_pretrained(tmp_path / "model")

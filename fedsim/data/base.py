@@ -52,6 +52,7 @@ class NoOptions(BaseModel, extra="forbid", allow_inf_nan=False):
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+PAD = 0  # the token id that pads text to a fixed length ("" in a dataset's vocabulary)
 
 
 def open_text(path: str | Path) -> IO[str]:

@@ -8,8 +8,11 @@ normalised per channel (C*H*W features, `meta["image_shape"]`), text into word o
 ids of a vocabulary built on the training split (padded to `max_len`, `meta["vocab"]`),
 labels into 0..K-1 (strings by their sorted order, `meta["labels"]`). With `partitioner =
 "natural"` each client is one value of `client_column` (FEMNIST's writer, Shakespeare's
-speaking role), split by flwr-datasets' `NaturalIdPartitioner`; iid, dirichlet and shards
-split the examples by label as for every dataset.
+speaking role), split by flwr-datasets' `NaturalIdPartitioner`, and only the chosen clients'
+rows are encoded; without a test split, `data.test_fraction` of each client's examples is
+held out (LEAF's split). iid, dirichlet and shards split the examples by label as for every
+dataset. The arrays are kept in fedsim's on-disk cache (fedsim.data.cache), keyed by the
+source's fingerprint, the options and the seed: a sweep encodes a dataset once.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedsim.data.base import DATASETS, Dataset, DatasetSpec
+from fedsim.data.base import DATASETS, PAD, Dataset, DatasetSpec
+from fedsim.data.cache import cached
 from fedsim.data.config import DataConfig
 
-PAD = 0  # id 0 pads text to max_len ("" in the vocabulary)
 # the columns of the datasets papers use, so a scenario needs only the name
 KNOWN: dict[str, dict[str, Any]] = {
     "uoft-cs/cifar10": {"input_column": "img", "test_split": "test"},
@@ -147,7 +150,8 @@ def features(values: list[Any], o: HFOptions, vocab: list[str] | None) -> tuple[
                 raise ValueError(f"mean: {len(o.mean)} values for {pixels.shape[1]} channels")
             shape = (1, -1, 1, 1)
             pixels = (pixels - np.reshape(o.mean, shape)) / np.reshape(o.std, shape)
-        return pixels.reshape(len(values), -1).astype(np.float32), {"image_shape": pixels.shape[1:]}
+        shape = list(pixels.shape[1:])
+        return pixels.reshape(len(values), -1).astype(np.float32), {"image_shape": shape}
     if isinstance(first, str):
         index = {w: i for i, w in enumerate(vocab)}
         out = np.full((len(values), o.max_len), PAD, dtype=np.int64)
@@ -178,9 +182,9 @@ def labels(train: list[Any], test: list[Any]) -> tuple[np.ndarray, np.ndarray, l
     )
 
 
-def natural_splits(column: list[Any], num_clients: int, seed: int) -> list[np.ndarray]:
-    """NaturalIdPartitioner over the client column; `num_clients` of its ids (all of them,
-    or a seeded sample)."""
+def natural_clients(column: list[Any], num_clients: int, seed: int) -> list[np.ndarray]:
+    """The rows of each client: NaturalIdPartitioner over the client column, `num_clients`
+    of its ids (all of them, or a seeded sample)."""
     from datasets import Dataset as HFDataset
     from flwr_datasets.partitioner import NaturalIdPartitioner
 
@@ -198,35 +202,66 @@ def natural_splits(column: list[Any], num_clients: int, seed: int) -> list[np.nd
     ]
 
 
+def hold_out(rows: list[np.ndarray], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """LEAF's split of natural clients: `fraction` of each client's rows (rounded, each
+    client keeping one at least) are the test set."""
+    held = [r[rng.permutation(len(r))[: min(len(r) - 1, round(len(r) * fraction))]] for r in rows]
+    test = np.sort(np.concatenate(held))
+    if not len(test):
+        raise ValueError(f"test_fraction: {fraction} of these clients' examples holds out none")
+    return test
+
+
 def load(o: HFOptions, cfg: DataConfig, seed: int) -> Dataset:
     train, test = read_splits(o)
-    rng = np.random.default_rng(seed)
     for col in filter(None, (o.input_column, o.label_column, o.client_column)):
         if col not in train.column_names:
             raise ValueError(f"column {col!r} is not in {o.name!r} (it has {train.column_names})")
     if cfg.partitioner == "natural" and not o.client_column:
         raise ValueError("partitioner 'natural' needs options.client_column (the client id)")
+    key = {  # everything the arrays depend on
+        "format": 1,
+        "train": train._fingerprint,
+        "test": test._fingerprint if test is not None else None,
+        "options": o.model_dump(),
+        "split": cfg.model_dump(include={"num_clients", "partitioner", "test_fraction"}),
+        "seed": seed,
+    }
+    return cached(key, lambda: preprocess(train, test, o, cfg, seed))
+
+
+def preprocess(train: Any, test: Any | None, o: HFOptions, cfg: DataConfig, seed: int) -> Dataset:
+    """The splits as arrays: subsampled, natural clients chosen (only their rows are kept),
+    a test set held out where the dataset has none, inputs and labels encoded."""
+    rng = np.random.default_rng(seed)
     if o.max_examples is not None and o.max_examples < len(train):
         train = train.select(np.sort(rng.permutation(len(train))[: o.max_examples]))
-    if test is None:  # hold out data.test_fraction of the training split
+    clients = None
+    if cfg.partitioner == "natural":
+        clients = natural_clients(train[o.client_column], cfg.num_clients, seed)
+        rows = np.sort(np.concatenate(clients))
+        if test is None:
+            held = hold_out(clients, cfg.test_fraction, rng)
+            test, rows = train.select(held), np.setdiff1d(rows, held)
+            clients = [np.setdiff1d(c, held) for c in clients]
+        train = train.select(rows)  # every client's rows; positions in it from here on
+        clients = [np.searchsorted(rows, c).astype(np.int64) for c in clients]
+    elif test is None:  # hold out data.test_fraction of the training split
         order = rng.permutation(len(train))
         cut = int(round(len(train) * cfg.test_fraction))
         train, test = train.select(np.sort(order[cut:])), train.select(np.sort(order[:cut]))
-    x_in, x_test_in = train[o.input_column], test[o.input_column]
+    x_in = train[o.input_column]
     vocab = build_vocab(x_in, o.text) if isinstance(x_in[0], str) else None
     x_train, meta = features(x_in, o, vocab)
-    x_test, _ = features(x_test_in, o, vocab)
+    x_test, _ = features(test[o.input_column], o, vocab)
     y_train, y_test, names = labels(train[o.label_column], test[o.label_column])
-    splits = None
-    if cfg.partitioner == "natural":
-        splits = natural_splits(train[o.client_column], cfg.num_clients, seed)
     return Dataset(
         x_train,
         y_train,
         x_test,
         y_test,
         num_classes=len(names),
-        client_splits=splits,
+        client_splits=clients,
         meta={**meta, "labels": names, "name": o.name},
     )
 

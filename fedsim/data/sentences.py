@@ -44,9 +44,9 @@ class SentenceOptions(BaseModel, extra="forbid", allow_inf_nan=False):
 
 
 def vocabulary(options: SentenceOptions) -> list[str]:
-    """Cue words of every class in use, then the fillers."""
+    """Padding ("", id 0, never drawn), the cue words of every class in use, the fillers."""
     cues = [w for words in CUE_WORDS[: options.classes] for w in words]
-    return cues + [f"w{i}" for i in range(options.fillers)]
+    return ["", *cues, *(f"w{i}" for i in range(options.fillers))]
 
 
 def sentences(options: SentenceOptions, n: int, rng: np.random.Generator):
@@ -64,7 +64,7 @@ def sentences(options: SentenceOptions, n: int, rng: np.random.Generator):
     cue_word = cue_class * per_class + rng.integers(0, per_class, size=(n, options.cues))
     slots = np.argsort(rng.random((n, options.length)), axis=1)[:, : options.cues]
     np.put_along_axis(x, slots, cue_word, axis=1)
-    return x.astype(np.int64), y.astype(np.int64)
+    return 1 + x.astype(np.int64), y.astype(np.int64)  # id 0 pads, as in every text dataset
 
 
 def load(options: SentenceOptions, cfg: DataConfig, seed: int) -> Dataset:

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from fedsim.data.base import DATASETS, Dataset, DatasetSpec, open_text
+from fedsim.data.base import DATASETS, PAD, Dataset, DatasetSpec, open_text
 from fedsim.data.config import DataConfig
-
-PAD = 0  # word id 0 is padding ("" in the vocabulary): sentences differ in length
 
 
 class TextOptions(BaseModel, extra="forbid", allow_inf_nan=False):

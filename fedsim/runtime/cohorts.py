@@ -7,11 +7,12 @@ import os
 import sys
 
 import torch
+from torch import nn
 
 from fedsim.config import Scenario
 from fedsim.data import load_dataset, partition_indices
 from fedsim.method import FederatedMethod
-from fedsim.models import VMAP_PARAMS, build_model
+from fedsim.models import VMAP_PARAMS, build_model, vmaps
 
 GIB = 2**30
 STACKED_FLOATS = 4 * 2**20  # a [C, d] float32 tensor of at most 16 MiB: the allocator reuses it
@@ -34,11 +35,12 @@ def cohort_chunk(scenario: Scenario) -> int | None:
         else default_budget(scenario.device)
     )
     chunk = max(1, int(budget // client_bytes(scenario)))
-    if scenario.device.startswith("cuda"):
-        return chunk
     d = parameters(scenario)
-    if d > VMAP_PARAMS:  # the loop engine's workers, two clients each per chunk (measured:
-        return min(chunk, 2 * torch.get_num_threads())  # 2, 4 or 8 a chunk within noise)
+    stacked = vmaps(meta_model(scenario))
+    if stacked and scenario.device.startswith("cuda"):
+        return chunk
+    if d > VMAP_PARAMS or not stacked:  # the loop engine's workers, two clients each per
+        return min(chunk, 2 * torch.get_num_threads())  # chunk (2, 4 or 8: within noise)
     return min(chunk, max(1, STACKED_FLOATS // d))
 
 
@@ -50,12 +52,16 @@ def default_budget(device: str) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
 
 
-def parameters(scenario: Scenario) -> int:
-    """d, the model's parameter count (built on the meta device)."""
+def meta_model(scenario: Scenario) -> nn.Module:
+    """The scenario's model on the meta device (shapes, no memory)."""
     ds = load_dataset(scenario.data, scenario.seed)
     with torch.device("meta"):
-        model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
-    return sum(p.numel() for p in model.parameters())
+        return build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
+
+
+def parameters(scenario: Scenario) -> int:
+    """d, the model's parameter count."""
+    return sum(p.numel() for p in meta_model(scenario).parameters())
 
 
 def client_bytes(scenario: Scenario) -> float:
@@ -64,8 +70,7 @@ def client_bytes(scenario: Scenario) -> float:
     activations of a batch."""
     ds = load_dataset(scenario.data, scenario.seed)
     features = ds.x_train.shape[1]
-    with torch.device("meta"):
-        model = build_model(scenario.model, features, ds.num_classes, 0)
+    model = meta_model(scenario)
     d = parameters(scenario)
     # activations per example: every layer's outputs (a convolution's at every pixel)
     widths = sum(
