@@ -2,7 +2,10 @@
 is downloaded): FEMNIST-like images with a writer id (a save_to_disk directory), Shakespeare-
 like text with a speaking role (parquet files), CIFAR-like colour images (Dirichlet split),
 SST-2 from ../shared/data (TSV); natural partitions give every example to its own writer or
-role exactly once; a Hub name that cannot be reached is exit 2 with one line."""
+role exactly once (without a test split, part of each client's examples is held out); the
+encoded arrays are cached on disk until their source changes; a Hub name that cannot be
+reached is exit 2 with one line; the CIFAR-10, FEMNIST and Shakespeare scenarios run on
+local copies in their schemas."""
 
 from __future__ import annotations
 
@@ -211,3 +214,159 @@ def test_the_sst2_scenario_runs_from_the_repository_root(tmp_path, monkeypatch):
     launch(s, tmp_path / "run")
     (row,) = read_metrics(tmp_path / "run")
     assert row["clients"] == 10 and 0.4 < row["eval_accuracy"] < 1.0
+
+
+def writer_images(path, writers: int, per_writer: int) -> None:
+    """A FEMNIST-like save_to_disk directory without a test split; pixel (0, 0) holds the
+    writer and pixel (0, 1) the example's number within its writer."""
+    rows = [(w, k) for w in range(writers) for k in range(per_writer)]
+    pixels = np.zeros((len(rows), 28, 28))
+    pixels[:, 0, 0], pixels[:, 0, 1] = [w for w, _ in rows], [k for _, k in rows]
+    HFDataset.from_dict(
+        {
+            "image": images(pixels, "L"),
+            "writer_id": [f"w{w}" for w, _ in rows],
+            "character": [k % 3 for _, k in rows],
+        },
+        features=Features(
+            {"image": Image(), "writer_id": Value("string"), "character": Value("int64")}
+        ),
+    ).save_to_disk(path)
+
+
+def test_natural_clients_without_a_test_split_hold_out_part_of_each(tmp_path):
+    # LEAF's split: test_fraction of each chosen writer's examples; the other writers' rows
+    # are not encoded at all
+    writer_images(tmp_path / "femnist", writers=6, per_writer=7)
+    options = {"name": str(tmp_path / "femnist"), "label_column": "character"}
+    options |= {"client_column": "writer_id"}
+    data = {"dataset": "hf", "num_clients": 3, "partitioner": "natural", "test_fraction": 0.3}
+    cfg = DataConfig.model_validate(data | {"options": options})
+    ds = load_dataset(cfg, 5)
+    writer = lambda x: np.rint(x[:, 0] * 255).astype(int)  # noqa: E731
+    chosen = set(writer(ds.x_train).tolist())
+    assert len(chosen) == 3 and set(writer(ds.x_test).tolist()) == chosen
+    assert ds.x_train.shape == (3 * 5, 784) and ds.x_test.shape == (3 * 2, 784)  # round(2.1)
+    parts = partition_indices(cfg, 5)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(15))
+    for p in parts:  # one writer each, its five training examples
+        assert len(set(writer(ds.x_train[p]).tolist())) == 1 and len(p) == 5
+    seen = {(w, k) for w, k in np.rint(np.vstack([ds.x_train, ds.x_test])[:, :2] * 255)}
+    assert len(seen) == 21  # no example in both splits
+    one_each = DataConfig.model_validate(data | {"test_fraction": 0.01, "options": options})
+    with pytest.raises(ValueError, match="test_fraction: 0.01 of these clients' examples"):
+        load_dataset(one_each, 5)
+
+
+def test_encoded_arrays_are_cached_on_disk_until_their_source_changes(tmp_path, monkeypatch):
+    from fedsim.data import hf
+    from fedsim.data.cache import cache_dir
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    writer_images(tmp_path / "femnist", writers=4, per_writer=6)
+    options = hf.HFOptions(
+        name=str(tmp_path / "femnist"), label_column="character", client_column="writer_id"
+    )
+    data = {"dataset": "hf", "num_clients": 4, "partitioner": "natural"}
+    cfg = DataConfig.model_validate(data | {"options": options.model_dump()})
+    built = hf.load(options, cfg, 0)
+    entries = lambda: sorted((cache_dir() / "datasets").glob("*.npz"))  # noqa: E731
+    assert len(entries()) == 1
+
+    def not_again(*_):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(hf, "features", not_again)
+    again = hf.load(options, cfg, 0)  # from the cache: nothing is encoded
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(built, name))
+    assert again.meta == built.meta and again.num_classes == built.num_classes
+    for a, b in zip(again.client_splits, built.client_splits, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # anything the arrays depend on is a new entry: the seed, an option, the split, the data
+    for changed in (
+        lambda: hf.load(options, cfg, 1),
+        lambda: hf.load(options.model_copy(update={"image_scale": 0.5}), cfg, 0),
+        lambda: hf.load(options, cfg.model_copy(update={"test_fraction": 0.5}), 0),
+    ):
+        with pytest.raises(AssertionError, match="encoded again"):
+            changed()
+    writer_images(tmp_path / "femnist2", writers=4, per_writer=5)
+    with pytest.raises(AssertionError, match="encoded again"):
+        hf.load(options.model_copy(update={"name": str(tmp_path / "femnist2")}), cfg, 0)
+    monkeypatch.undo()
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    (entry,) = entries()
+    entry.write_bytes(b"half an entry")  # unreadable: rebuilt, and written whole again
+    np.testing.assert_array_equal(hf.load(options, cfg, 0).x_train, built.x_train)
+    assert [p.name for p in entries()] == [entry.name] and entry.stat().st_size > 1000
+    assert not list((cache_dir() / "datasets").glob("*.tmp"))
+    # a data file rewritten in place has a new fingerprint
+    (tmp_path / "text").mkdir()
+    rows = lambda word: {"sentence": ["a b", f"c {word}"] * 5, "label": [0, 1] * 5}  # noqa: E731
+    HFDataset.from_dict(rows("d")).to_parquet(tmp_path / "text" / "train.parquet")
+    text = hf.HFOptions(name=str(tmp_path / "text"), input_column="sentence")
+    iid = DataConfig.model_validate(
+        {"dataset": "hf", "num_clients": 2, "options": text.model_dump()}
+    )
+    before = hf.load(text, iid, 0)
+    HFDataset.from_dict(rows("e")).to_parquet(tmp_path / "text" / "train.parquet")
+    later = os.stat(tmp_path / "text" / "train.parquet").st_mtime + 10
+    os.utime(tmp_path / "text" / "train.parquet", (later, later))
+    after = hf.load(text, iid, 0)
+    assert "d" in before.meta["vocab"] and "e" not in before.meta["vocab"]
+    assert "e" in after.meta["vocab"] and "d" not in after.meta["vocab"]
+
+
+def cifar_images(path) -> None:
+    rng = np.random.default_rng(4)
+    split = lambda n: HFDataset.from_dict(  # noqa: E731
+        {
+            "img": images(rng.integers(0, 256, (n, 32, 32, 3)), "RGB"),
+            "label": [*range(10)] * (n // 10),
+        },
+        features=Features({"img": Image(), "label": Value("int64")}),
+    )
+    DatasetDict({"train": split(40), "test": split(10)}).save_to_disk(path)
+
+
+def role_lines(path) -> None:
+    text = "to be or not to be that is the question whether tis nobler in the mind to suffer " * 3
+    rows = [
+        {"x": text[i : i + 80], "y": text[i + 80], "character_id": f"ROLE{i % 3}"}
+        for i in range(60)
+    ]
+    path.mkdir()
+    HFDataset.from_list(rows).to_parquet(path / "train.parquet")
+
+
+PAPERS = {  # scenario -> (a local copy in its dataset's schema, the model it trains)
+    "cifar10/cifar10_dirichlet.toml": (cifar_images, "resnet"),
+    "femnist/femnist_natural.toml": (lambda p: writer_images(p, 3, 10), "fedavg_cnn"),
+    "shakespeare/shakespeare_natural.toml": (role_lines, "char_lstm"),
+}
+
+
+@pytest.mark.parametrize("scenario_file", sorted(PAPERS))
+def test_the_paper_scenarios_run_on_a_local_copy_and_need_network_for_the_hub(
+    tmp_path, scenario_file
+):
+    path = REPO / "scenarios" / scenario_file
+    build, model = PAPERS[scenario_file]
+    build(tmp_path / "copy")
+    local = [f"data.options.name='{tmp_path / 'copy'}'", "data.num_clients=3", "rounds=1"]
+    s = load_scenario(path, [*local, "algorithm.fraction=1.0"])
+    assert s.model.name == model
+    launch(s, tmp_path / "run")
+    (row,) = read_metrics(tmp_path / "run")
+    assert row["clients"] == 3 and np.isfinite(row["train_loss"]) and row["eval_accuracy"] >= 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # as shipped: the Hub name, unreachable here
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(path), "--out", str(tmp_path / "hub")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "needs network access" in done.stderr, done.stderr
+    assert not (tmp_path / "hub").exists()
