@@ -58,7 +58,7 @@ def test_override_without_equals_is_an_error():
         ),
         (["data.alpha=0"], "scenario.data.alpha: 0"),
         (["data.dataset=mnist"], "scenario.data.dataset: 'mnist'"),
-        (["model.name=resnet"], "scenario.model.name: 'resnet' is not one of"),
+        (["model.name=resnet50"], "scenario.model.name: 'resnet50' is not one of"),
         (["runtime=ray"], "scenario.runtime: 'ray' is invalid"),
         (["device=tpu"], "scenario.device: 'tpu' is not 'cpu', 'cuda' or 'cuda:N'"),
         (
