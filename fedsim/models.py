@@ -146,6 +146,14 @@ def image_shape(in_features: int) -> tuple[int, int]:
     raise ValueError(f"{in_features} features are not square 1- or 3-channel images")
 
 
+def images_for(model_name: str, in_features: int) -> tuple[int, int]:
+    """image_shape, or the error a scenario shows when the data are not images."""
+    try:
+        return image_shape(in_features)
+    except ValueError as e:
+        raise ValueError(f"model.name: {model_name!r} needs images: {e}") from None
+
+
 class FedAvgCNN(nn.Module):
     """The CNN of McMahan et al. (2017): two 5x5 convolutions (32 and 64 channels), each with
     2x2 max pooling, a 512-unit layer and the output (1,690,046 parameters for 28x28 one-
@@ -177,11 +185,7 @@ class FedAvgCNN(nn.Module):
     Example("FEMNIST, 28x28, 62 classes", 784, 62),
 )
 def fedavg_cnn(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
-    try:
-        channels, side = image_shape(in_features)
-    except ValueError as e:
-        raise ValueError(f"model.name: 'fedavg_cnn' needs images: {e}") from None
-    return FedAvgCNN(channels, side, num_classes, cfg.bias)
+    return FedAvgCNN(*images_for(cfg.name, in_features), num_classes, cfg.bias)
 
 
 class BasicBlock(nn.Module):
@@ -243,11 +247,7 @@ class ResNet(nn.Module):
     Example("CIFAR-10, 32x32x3, depth 20", 3072, 10),
 )
 def resnet(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
-    try:
-        channels, side = image_shape(in_features)
-    except ValueError as e:
-        raise ValueError(f"model.name: 'resnet' needs images: {e}") from None
-    return ResNet(channels, side, cfg.depth, num_classes)
+    return ResNet(*images_for(cfg.name, in_features), cfg.depth, num_classes)
 
 
 class CharLSTM(nn.Module):
