@@ -322,7 +322,7 @@ class TextBoW(nn.Module):
 @model(
     "text_bow",
     "mean of word vectors and an MLP: a text classifier over word ids",
-    Example("SST-2 (16,384 buckets, scenarios/sst2)", 64, 2, {"buckets": 16384, "hidden": []}),
+    Example("SST-2 (sst2_fedavg.toml: 16,384 buckets)", 64, 2, {"buckets": 16384, "hidden": []}),
 )
 def text_bow(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     return TextBoW(cfg, num_classes)

@@ -189,7 +189,7 @@ def test_sst2_tsv_files_through_the_hf_kind_match_the_tsv_reader():
 
 def test_the_sst2_scenario_runs_from_the_repository_root(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # its data path is ../shared/data/sst2, as the README runs it
-    s = load_scenario(REPO / "scenarios" / "sst2" / "sst2_fedavg.toml", ["rounds=1"])
+    s = load_scenario(REPO / "scenarios" / "sst2_fedavg.toml", ["rounds=1"])
     assert s.model.name == "text_bow" and s.data.options["name"] == "../shared/data/sst2"
     launch(s, tmp_path / "run")
     (row,) = read_metrics(tmp_path / "run")
@@ -321,9 +321,9 @@ def role_lines(path) -> None:
 
 
 PAPERS = {  # scenario -> (a local copy in its dataset's schema, the model it trains)
-    "cifar10/cifar10_dirichlet.toml": (cifar_images, "resnet"),
-    "femnist/femnist_natural.toml": (lambda p: writer_images(p, 3, 10), "fedavg_cnn"),
-    "shakespeare/shakespeare_natural.toml": (role_lines, "char_lstm"),
+    "cifar10_dirichlet.toml": (cifar_images, "resnet"),
+    "femnist_natural.toml": (lambda p: writer_images(p, 3, 10), "fedavg_cnn"),
+    "shakespeare_natural.toml": (role_lines, "char_lstm"),
 }
 
 
