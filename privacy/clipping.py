@@ -55,8 +55,11 @@ def layer_terms(layer: nn.Module, a: Tensor, g: Tensor):
         aa = vecdot(a, a)
         sq = vecdot(g, g) * (aa + 1.0 if bias else aa)
 
-        def sums(w: Tensor) -> dict[str, Tensor]:
-            weight = g.t() @ (a * w[:, None])
+        def sums(w: Tensor) -> dict[str, Tensor]:  # the weights scale the narrower factor
+            if g.shape[1] < a.shape[1]:
+                weight = (g * w[:, None]).t() @ a
+            else:
+                weight = g.t() @ (a * w[:, None])
             return {"weight": weight, "bias": w @ g} if bias else {"weight": weight}
 
         return sq, sums
@@ -147,11 +150,12 @@ class PrivateGradients:
         return out + tap  # torch.func: at a zero tap added to it
 
     def noisy(self, mean: Tensor, expected: float, gen: torch.Generator | None) -> Tensor:
-        """mean + N(0, (sigma C / expected)^2 I): the clipped sum over the expected batch size
-        plus the sum's noise N(0, sigma^2 C^2 I) over it."""
+        """mean + N(0, (sigma C / expected)^2 I), in place: the clipped sum over the expected
+        batch size plus the sum's noise N(0, sigma^2 C^2 I) over it."""
         if not self.sigma:
             return mean
-        return torch.normal(mean, self.sigma * self.c / expected, generator=gen)
+        noise = torch.randn(mean.shape, generator=gen, device=mean.device)
+        return mean.add_(noise, alpha=self.sigma * self.c / expected)
 
     def __call__(
         self, loss_of, xb: Tensor, yb: Tensor, expected: float, gen: torch.Generator | None
@@ -167,8 +171,9 @@ class PrivateGradients:
                 per_example = loss_of(self.model(xb), yb, reduction="none")
             finally:
                 taps, inputs, self.taps, self.inputs = self.taps, self.inputs, None, {}
-            out_grads = torch.autograd.grad(per_example.sum(), list(taps.values()))
-            value = float(per_example.detach().mean())
+            total = per_example.sum()
+            out_grads = torch.autograd.grad(total, list(taps.values()))
+            value = float(total.detach()) / len(yb)
             out_grads = dict(zip(taps, out_grads, strict=True))
             summed = clipped_sum(self.layers, self.order, inputs, out_grads, self.c, 1 / expected)
         return value, self.noisy(summed, expected, gen)

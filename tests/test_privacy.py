@@ -15,7 +15,7 @@ from torch import nn
 
 from fedsim.config import ScenarioError
 from fedsim.privacy.clipping import PrivateGradients
-from fedsim.privacy.mechanisms import clip, gaussian
+from fedsim.privacy.mechanisms import clip, gaussian, poisson_batches
 from fedsim.results import read_metrics, read_summary
 from fedsim.runtime import launch
 
@@ -163,6 +163,17 @@ def test_noise_std_is_sigma_times_c():
     rng = np.random.default_rng(0)
     noisy = gaussian(np.zeros(200_000, np.float32), sigma * c, rng)
     assert float(noisy.std()) == pytest.approx(sigma * c, rel=0.05)
+
+
+def test_poisson_batches_are_opacus_samplers_draws():
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    ours = list(poisson_batches(300, 0.1, 25, torch.Generator().manual_seed(7)))
+    sampler = UniformWithReplacementSampler(
+        num_samples=300, sample_rate=0.1, generator=torch.Generator().manual_seed(7), steps=25
+    )
+    assert [b.tolist() for b in ours] == [list(b) for b in sampler]
+    assert all(b.dtype == torch.long for b in ours) and 0 < sum(map(len, ours)) < 300 * 25
 
 
 def test_clipped_updates_have_norm_at_most_c():
