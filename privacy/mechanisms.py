@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+
 def clip(v: np.ndarray, c: float) -> np.ndarray:
     """v scaled to l2 norm at most c."""
     norm = float(np.linalg.norm(v))
