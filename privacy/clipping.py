@@ -4,7 +4,8 @@ gradients of a linear layer are never formed.
 One forward pass keeps each layer's input a; one backward pass, to the layers' outputs
 only, gives each example's output gradient g. An example's weight gradient is g_i^T a_i, so
 its squared norm is ||g_i||^2 ||a_i||^2 for a Linear layer on vectors; convolutions (and
-Linear layers on sequences) form the small per-example products. With w_i = min(1, C /
+Linear layers on sequences) form the small per-example products; a GroupNorm's are per
+channel, the sums over positions of g x_hat and of g. With w_i = min(1, C /
 ||grad_i||), the clipped sum of a layer is one product (w * g)^T a. The result is the
 noisy mean (sum_i w_i grad_i + N(0, sigma^2 C^2 I)) / (q n), as Opacus's DPOptimizer has
 it; tests hold it to a per-example loop and to Opacus's own clipped sum.
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 from torch.linalg import vecdot
 
-LAYERS = (nn.Linear, nn.Conv2d)  # the layers with parameters DP-SGD clips here
+LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm)  # the layers with parameters DP-SGD clips here
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -33,7 +34,7 @@ def unsupported(model: nn.Module) -> str | None:
             continue
         kind = type(module).__name__
         if not isinstance(module, LAYERS):
-            return f"layer {name!r} is a {kind} (DP-SGD clips Linear and Conv2d layers)"
+            return f"layer {name!r} is a {kind} (DP-SGD clips Linear, Conv2d and GroupNorm layers)"
         if isinstance(module, nn.Conv2d) and (
             module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros"
         ):
@@ -63,6 +64,12 @@ def layer_terms(layer: nn.Module, a: Tensor, g: Tensor):
             return {"weight": weight, "bias": w @ g} if bias else {"weight": weight}
 
         return sq, sums
+    if isinstance(layer, nn.GroupNorm):  # per channel: sum over positions of g x_hat, of g
+        x_hat = nn.functional.group_norm(a, layer.num_groups, eps=layer.eps)
+        g, x_hat = g.reshape(*g.shape[:2], -1), x_hat.reshape(*a.shape[:2], -1)
+        per_w, per_b = vecdot(g, x_hat), g.sum(2)  # [B, C] each
+        sq = vecdot(per_w, per_w) + vecdot(per_b, per_b)
+        return sq, lambda w: {"weight": w @ per_w, "bias": w @ per_b}
     if isinstance(layer, nn.Linear):  # [B, ..., in]: each example a sequence of T
         g, a = g.flatten(1, -2).transpose(1, 2), a.flatten(1, -2)  # [B, out, T], [B, T, in]
     else:  # Conv2d as a product over its L input patches
@@ -116,7 +123,7 @@ class PrivateGradients:
     """DP-SGD's noisy clipped gradients for one model: `__call__` for one client's batch
     (autograd), `cohort` for a cohort's stacked parameters and padded batches (vmap).
 
-    Forward hooks on the model's Linear and Conv2d layers keep each layer's input and its
+    Forward hooks on the model's Linear, Conv2d and GroupNorm layers keep each layer's input and its
     output (autograd) or add a given zero tap to the output (torch.func), where the output
     gradient is taken; with no taps set the hooks do nothing (evaluation, plain training)."""
 
@@ -125,7 +132,11 @@ class PrivateGradients:
         if why:
             raise ValueError(f"privacy.mechanism: 'dp_sgd' cannot clip this model: {why}")
         self.model, self.sigma, self.c = model, sigma, c
-        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS)}
+        self.layers = {  # a GroupNorm without affine parameters has nothing to clip
+            n: m
+            for n, m in model.named_modules()
+            if isinstance(m, LAYERS) and any(True for _ in m.parameters(recurse=False))
+        }
         self.order = [tuple(n.rpartition(".")[::2]) for n, _ in model.named_parameters()]
         self.sizes = [p.numel() for p in model.parameters()]
         self.taps: dict[str, Tensor] | None = None

@@ -39,8 +39,9 @@ def smallest_client(scenario: Scenario) -> int:
 
 
 def check_clippable(scenario: Scenario) -> None:
-    """DP-SGD clips per-example gradients of Linear and Conv2d layers: another layer with
-    parameters is refused here, before any work (the model is built on the meta device)."""
+    """DP-SGD clips per-example gradients of Linear, Conv2d and GroupNorm layers: another
+    layer with parameters is refused here, before any work (the model is built on the meta
+    device)."""
     ds = load_dataset(scenario.data, scenario.seed)
     with torch.device("meta"):
         model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)

@@ -23,6 +23,8 @@ from fedsim.models import (
     loss_fn,
     predict,
 )
+from fedsim.results import read_metrics
+from fedsim.runtime import launch
 from fedsim.runtime.cohorts import cohort_chunk
 
 from .conftest import small_scenario
@@ -180,3 +182,14 @@ def test_a_char_lstm_cohort_runs_side_by_side_with_the_sequential_result(tmp_pat
     vec = run(tmp_path, "vec", execution="vectorized", **over)
     assert np.isfinite(seq[0][-1]["eval_loss"]) and seq[0][-1]["round"] == 4
     assert_same(seq, vec, "char_lstm")
+
+
+def test_the_resnet_trains_under_dp_sgd(tmp_path):
+    # DP-SGD clips its convolutions and GroupNorms (tests/test_privacy.py holds the clipping
+    # to a per-example loop and to Opacus); here a private run of it goes through
+    privacy = {"mechanism": "dp_sgd", "noise_multiplier": 0.5, "max_grad_norm": 1.0}
+    s = small_scenario(rounds=2, model={"name": "resnet", "depth": 8}, privacy=privacy)
+    launch(s, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
+    assert 0 < rows[0]["epsilon"] < rows[1]["epsilon"]

@@ -33,6 +33,17 @@ MODELS = {  # every kind of layer DP-SGD clips here, each with its per-example s
         ),
         (8, 2, 7, 6),
     ),
+    "groupnorm": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1, bias=False),
+            nn.GroupNorm(2, 4),
+            nn.ReLU(),
+            nn.GroupNorm(4, 4, affine=False),  # no parameters: nothing to clip
+            nn.Flatten(),
+            nn.Linear(4 * 5 * 4, 3),
+        ),
+        (8, 2, 5, 4),
+    ),
     "sequence": (
         lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Flatten(), nn.Linear(20, 3)),
         (8, 4, 6),
@@ -70,11 +81,12 @@ def test_private_gradient_is_the_clipped_per_example_sum_over_the_expected_batch
     assert float((flat * expected - clipped.sum(0)).abs().max()) < 1e-6
 
 
-def test_a_cohort_of_private_clients_is_each_client_alone():
+@pytest.mark.parametrize("kind", ["conv", "groupnorm"])
+def test_a_cohort_of_private_clients_is_each_client_alone(kind):
     """The batched path (vmap over clients, padded Poisson batches) gives each client's
     gradient of the one-client path, noise included (the same generator draws)."""
     torch.manual_seed(1)
-    make, shape = MODELS["conv"]
+    make, shape = MODELS[kind]
     model = make()
     private = PrivateGradients(model, 1.1, 0.4)
     names = [n for n, _ in model.named_parameters()]
