@@ -188,5 +188,8 @@ def test_what_is_not_batched_runs_client_by_client():
     assert cohort_chunk(small_scenario(**big)) == 2 * torch.get_num_threads()
     dp = {"mechanism": "dp_sgd", "noise_multiplier": 1.0}
     assert cohort_chunk(small_scenario(privacy=dp)) > 1  # per example inside per client
+    conv = {"privacy": dp, "model__name": "cnn"}  # measured faster one by one on a CPU
+    assert cohort_chunk(small_scenario(**conv)) is None
+    assert cohort_chunk(small_scenario(execution="vectorized", **conv)) > 1
     with pytest.raises(ScenarioError, match="runtime 'simulation' runs each client"):
         small_scenario(runtime="simulation", execution="vectorized")

@@ -29,6 +29,11 @@ def cohort_chunk(scenario: Scenario) -> int | None:
     if not method.supports.vectorized:
         print(f"fedsim: {method.name}: clients run one by one (no batched round)", file=sys.stderr)
         return None
+    if private_convolutions_on_cpu(scenario) and scenario.execution == "auto":
+        print(
+            "fedsim: DP-SGD on convolutions: clients run one by one (faster here)", file=sys.stderr
+        )
+        return None
     budget = (
         scenario.cohort_memory_gb * GIB
         if scenario.cohort_memory_gb
@@ -42,6 +47,17 @@ def cohort_chunk(scenario: Scenario) -> int | None:
     if d > VMAP_PARAMS or not stacked:  # the loop engine's workers, two clients each per
         return min(chunk, 2 * torch.get_num_threads())  # chunk (2, 4 or 8: within noise)
     return min(chunk, max(1, STACKED_FLOATS // d))
+
+
+def private_convolutions_on_cpu(scenario: Scenario) -> bool:
+    """DP-SGD on a model with convolutions on a CPU: a batched cohort's per-example products
+    under vmap measured 1.06-1.24x slower than its clients one by one
+    (benchmarks/dp_overhead.py), so "auto" runs them one by one."""
+    return (
+        scenario.privacy.mechanism == "dp_sgd"
+        and not scenario.device.startswith("cuda")
+        and any(isinstance(m, nn.Conv2d) for m in meta_model(scenario).modules())
+    )
 
 
 def default_budget(device: str) -> float:
