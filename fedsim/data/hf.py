@@ -219,12 +219,13 @@ def load(o: HFOptions, cfg: DataConfig, seed: int) -> Dataset:
             raise ValueError(f"column {col!r} is not in {o.name!r} (it has {train.column_names})")
     if cfg.partitioner == "natural" and not o.client_column:
         raise ValueError("partitioner 'natural' needs options.client_column (the client id)")
-    key = {  # everything the arrays depend on
+    key = {  # everything the arrays depend on (a sweep over, say, alpha shares one entry)
         "format": 1,
-        "train": train._fingerprint,
+        "train": train._fingerprint,  # datasets' hash of the data and its transforms
         "test": test._fingerprint if test is not None else None,
         "options": o.model_dump(),
-        "split": cfg.model_dump(include={"num_clients", "partitioner", "test_fraction"}),
+        "natural_clients": cfg.num_clients if cfg.partitioner == "natural" else None,
+        "test_fraction": cfg.test_fraction if test is None else None,
         "seed": seed,
     }
     return cached(key, lambda: preprocess(train, test, o, cfg, seed))
