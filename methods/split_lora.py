@@ -45,6 +45,12 @@ class SplitParams(Params):
     probe_steps: int = Field(10, ge=1, description="probe fitting steps per training step")
     rotate: bool = Field(True, description="an adapter set's hosts take turns step by step")
     leak_every: int = Field(20, ge=1, description="steps per leak/accuracy checkpoint")
+    label_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="label DP: train on labels randomized at this epsilon (none: off); every"
+        " host's view is then eps-label-DP, in every setting",
+    )
 
 
 def loadable(backbone: str) -> bool:

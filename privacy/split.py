@@ -1,7 +1,7 @@
 """P3EFT's building blocks (docs/algorithms.md section 7): a backbone host's two stateless
 calls on a frozen `transformers` encoder carrying n named PEFT LoRA adapters, the label party's
-private backpropagation (backprop is linear in g_h, so shards of it recombine exactly), and
-its secret activation mixing."""
+private backpropagation (backprop is linear in g_h, so shards of it recombine exactly), its
+secret activation mixing, and label DP by randomized response."""
 
 from __future__ import annotations
 
@@ -151,3 +151,20 @@ def distance_correlation(h: Tensor, y: Tensor, classes: int) -> Tensor:
     a, b = centred(h), centred(F.one_hot(y, classes).float())
     dcov = (a * b).mean()
     return dcov.clamp_min(0).sqrt() / ((a * a).mean() * (b * b).mean()).pow(0.25).clamp_min(1e-12)
+
+
+def randomized_response(y: np.ndarray, classes: int, epsilon: float, seed: int) -> np.ndarray:
+    """Label DP by randomized response (Warner 1965; Ghazi et al., 2021): each label kept with
+    probability e^eps / (e^eps + K - 1), else replaced by one of the K - 1 others uniformly.
+    Any two labels give any output with probabilities within e^eps of each other, so
+    everything computed from these labels (a host's whole view) is eps-label-DP, however
+    long the training runs."""
+    rng = np.random.default_rng(seed)
+    keep = rng.random(len(y)) < keep_probability(classes, epsilon)
+    other = (y + rng.integers(1, classes, size=len(y))) % classes  # one of the others
+    return np.where(keep, y, other).astype(y.dtype)
+
+
+def keep_probability(classes: int, epsilon: float) -> float:
+    """P(randomized response keeps a label): e^eps / (e^eps + K - 1)."""
+    return float(np.exp(epsilon) / (np.exp(epsilon) + classes - 1))

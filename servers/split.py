@@ -35,6 +35,7 @@ from fedsim.privacy.split import (
     mixing_weights,
     private_shards,
     probe_regularizer,
+    randomized_response,
     recombine,
     tensors,
 )
@@ -47,6 +48,7 @@ from .nodes import discover_partitions
 from .rows import Row
 
 SPLIT_STREAM = 53  # the label party's randomness: adapters, head, mixing weights, shards
+RR_STREAM = 59  # label DP's randomized response
 
 
 def host_of(
@@ -157,10 +159,19 @@ class LabelParty:
     def predict(logits: Tensor) -> Tensor:
         return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
-    def step(self, hosts: Hosts, t: int, x: dict, y: Tensor, views: HostViews) -> float:
-        """One training step: forward calls, loss and penalties here, private backprop calls,
-        recombination, Adam. Returns the main loss."""
-        labels = y.numpy()
+    def step(
+        self,
+        hosts: Hosts,
+        t: int,
+        x: dict,
+        y: Tensor,
+        views: HostViews,
+        truth: Tensor | None = None,
+    ) -> float:
+        """One training step on labels y: forward calls, loss and penalties here, private
+        backprop calls, recombination, Adam. The hosts' views are scored against the true
+        labels (y itself unless label DP randomized it). Returns the main loss."""
+        labels = (y if truth is None else truth).numpy()
         sent = [snapshot(theta) for theta in self.thetas]
         hs, fwd_nodes = hosts.forward(t, x, self.thetas)
         for i, (h, node) in enumerate(zip(hs, fwd_nodes, strict=True)):
@@ -226,6 +237,13 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     )
     x_train, x_test = encode_text(spec, vocab, ds.x_train, ds.x_test)
     y_train, y_test = torch.from_numpy(ds.y_train), torch.from_numpy(ds.y_test)
+    trained = y_train  # what the label party trains on: the labels, or them randomized
+    if p.label_epsilon is not None:
+        trained = torch.from_numpy(
+            randomized_response(
+                ds.y_train, ds.num_classes, p.label_epsilon, derive_seed(scenario.seed, RR_STREAM)
+            )
+        )
     partitions = discover_partitions(grid, p.hosts)
     hosts = Hosts(grid, [partitions[k] for k in range(p.hosts)], spec, p.shards, p.rotate)
     party = LabelParty(p, spec, ds.num_classes, scenario.seed)
@@ -235,7 +253,7 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     for t in range(1, scenario.rounds + 1):
         idx = next(batches)
         xb = {k: v[idx] for k, v in x_train.items()}
-        losses.append(party.step(hosts, t, xb, y_train[idx], views))
+        losses.append(party.step(hosts, t, xb, trained[idx], views, y_train[idx]))
         if t % p.leak_every and t != scenario.rounds:
             continue
         row = Row(
@@ -255,6 +273,11 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         writer.append(row.to_dict())
     attacks = sorted({k for r in writer.rows for k in r if k.startswith(("leak", "kmeans"))})
     worst = {k: max(r.get(k, 0.0) for r in writer.rows) for k in attacks}
+    if p.label_epsilon is not None:  # the mechanism that ran, and how many labels it moved
+        worst |= {
+            "label_epsilon": p.label_epsilon,
+            "labels_flipped": float((trained != y_train).float().mean()),
+        }
     summary = summarize(
         writer.rows, scenario=scenario.name, runtime=scenario.runtime, method=p.method, **worst
     )

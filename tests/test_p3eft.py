@@ -1,13 +1,25 @@
 """P3EFT building blocks on a tiny randomly initialised BERT: private backpropagation over
-two hosts recombines to the plain gradient; hosts are stateless."""
+two hosts recombines to the plain gradient; hosts are stateless; randomized response (label
+DP) keeps and moves labels at its rates."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from fedsim.privacy.backbone import BackboneSpec, adapter_init
-from fedsim.privacy.split import BackboneHost, mix, mixing_weights, private_shards, recombine
+from fedsim.privacy.split import (
+    BackboneHost,
+    keep_probability,
+    mix,
+    mixing_weights,
+    private_shards,
+    randomized_response,
+    recombine,
+)
 
 SPEC = BackboneSpec("tiny-bert", vocab=95, seed=0, adapters=2, rank=4, alpha=8)
 
@@ -87,3 +99,21 @@ def test_the_installed_transformers_and_peft_build_the_lora_backbone():
     assert not torch.allclose(host.forward(x, "a0", bumped), plain), versions
     grads = host.backprop(x, "a1", bumped, torch.ones_like(plain))
     assert grads.keys() == thetas[1].keys() and all(g.abs().sum() > 0 for g in grads.values())
+
+
+@pytest.mark.parametrize("classes,epsilon", [(2, 1.0), (3, 0.5)])
+def test_randomized_response_keeps_each_label_at_its_rate_and_moves_it_uniformly(classes, epsilon):
+    y = np.arange(60_000) % classes
+    noisy = randomized_response(y, classes, epsilon, seed=5)
+    keep = math.exp(epsilon) / (math.exp(epsilon) + classes - 1)
+    assert keep_probability(classes, epsilon) == pytest.approx(keep)
+    kept = float((noisy == y).mean())
+    assert abs(kept - keep) < 3 * math.sqrt(keep * (1 - keep) / len(y))
+    for c in range(classes):  # a moved label lands on each other class equally often
+        moved = noisy[(y == c) & (noisy != y)]
+        counts = np.bincount(moved, minlength=classes)
+        assert counts[c] == 0 and np.ptp(counts[np.arange(classes) != c]) < 0.1 * len(moved)
+    # the DP ratio: P(output o | label a) / P(output o | label b) <= e^eps for all a, b, o
+    worst = keep / ((1 - keep) / (classes - 1))
+    assert worst == pytest.approx(math.exp(epsilon))
+    np.testing.assert_array_equal(noisy, randomized_response(y, classes, epsilon, seed=5))

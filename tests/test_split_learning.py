@@ -4,6 +4,7 @@ leak the attacks measure, the loading path for a local model, and runtime parity
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,7 +15,13 @@ from fedsim.config import ScenarioError, load_scenario
 from fedsim.data import load_dataset
 from fedsim.privacy import attacks
 from fedsim.privacy.backbone import BackboneSpec, adapter_init, load_backbone, tokenizer, words
-from fedsim.privacy.split import GRAD, INPUTS, distance_correlation, private_shards
+from fedsim.privacy.split import (
+    GRAD,
+    INPUTS,
+    distance_correlation,
+    keep_probability,
+    private_shards,
+)
 from fedsim.registry import load_ref
 from fedsim.results import read_metrics, read_summary
 from fedsim.runtime import launch
@@ -260,3 +267,18 @@ def test_inprocess_and_simulation_give_the_same_split_run(tmp_path):
     keep = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731
     assert [keep(r) for r in runs["inprocess"]] == [keep(r) for r in runs["simulation"]]
     assert json.dumps(runs["inprocess"])  # plain JSON rows
+
+
+def test_label_dp_trains_on_randomized_labels_and_states_it(tmp_path):
+    # the label party trains on labels randomized once at epsilon; the summary says which
+    # mechanism ran and how many labels it moved (the attacks are scored on the true ones)
+    private = scenario(method="vanilla", label_epsilon=1.0)
+    launch(private, tmp_path / "private")
+    launch(scenario(method="vanilla"), tmp_path / "plain")
+    run = read_summary(tmp_path / "private")
+    keep, n = keep_probability(2, 1.0), 1200  # TASK's training sentences
+    assert run["label_epsilon"] == 1.0
+    assert abs(run["labels_flipped"] - (1 - keep)) < 3 * math.sqrt(keep * (1 - keep) / n)
+    models = [np.load(tmp_path / r / "final_model.npy") for r in ("private", "plain")]
+    assert np.abs(models[0] - models[1]).max() > 1e-3  # it trained on other labels
+    assert "label_epsilon" not in read_summary(tmp_path / "plain")
