@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from torch import nn
 
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Profiles, SystemConfig
@@ -365,6 +366,13 @@ def check_supported(method: Method, scenario: Scenario) -> None:
         )
 
 
+def meta_model(scenario: Scenario) -> nn.Module:
+    """The scenario's model on the meta device: its shapes and layers, no memory."""
+    ds = load_dataset(scenario.data, scenario.seed)
+    with torch.device("meta"):
+        return build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
+
+
 def check_data_and_model(scenario: Scenario) -> None:
     """The data loads and splits, and the model can be built for it (shapes only, on the
     meta device)."""
@@ -376,8 +384,7 @@ def check_data_and_model(scenario: Scenario) -> None:
     except (ValueError, OSError) as e:
         raise ValueError(f"data: {e}") from None
     try:
-        with torch.device("meta"):
-            model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
+        model = meta_model(scenario)
     except ValueError as e:
         raise ValueError(f"{e} (data.dataset {scenario.data.dataset!r})") from None
     ids = not np.issubdtype(ds.x_train.dtype, np.floating)

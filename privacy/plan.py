@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from fedsim.config import RESOLVERS, PrivacyConfig, Scenario
-from fedsim.data import client_data, load_dataset
-from fedsim.models import build_model
+from fedsim.config import RESOLVERS, PrivacyConfig, Scenario, meta_model
+from fedsim.data import client_data
 
 from .accounting import calibrate, epsilon
 from .clipping import unsupported
@@ -42,10 +40,7 @@ def check_clippable(scenario: Scenario) -> None:
     """DP-SGD clips per-example gradients of Linear, Conv2d and GroupNorm layers: another
     layer with parameters is refused here, before any work (the model is built on the meta
     device)."""
-    ds = load_dataset(scenario.data, scenario.seed)
-    with torch.device("meta"):
-        model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
-    why = unsupported(model)
+    why = unsupported(meta_model(scenario))
     if why:
         raise ValueError(
             f"model.name: {scenario.model.name!r} with privacy.mechanism 'dp_sgd': {why}"

@@ -9,10 +9,10 @@ import sys
 import torch
 from torch import nn
 
-from fedsim.config import Scenario
+from fedsim.config import Scenario, meta_model
 from fedsim.data import load_dataset, partition_indices
 from fedsim.method import FederatedMethod
-from fedsim.models import VMAP_PARAMS, build_model, vmaps
+from fedsim.models import VMAP_PARAMS, vmaps
 
 GIB = 2**30
 STACKED_FLOATS = 4 * 2**20  # a [C, d] float32 tensor of at most 16 MiB: the allocator reuses it
@@ -29,7 +29,8 @@ def cohort_chunk(scenario: Scenario) -> int | None:
     if not method.supports.vectorized:
         print(f"fedsim: {method.name}: clients run one by one (no batched round)", file=sys.stderr)
         return None
-    if private_convolutions_on_cpu(scenario) and scenario.execution == "auto":
+    model = meta_model(scenario)
+    if private_convolutions_on_cpu(scenario, model) and scenario.execution == "auto":
         print(
             "fedsim: DP-SGD on convolutions: clients run one by one (faster here)", file=sys.stderr
         )
@@ -39,9 +40,9 @@ def cohort_chunk(scenario: Scenario) -> int | None:
         if scenario.cohort_memory_gb
         else default_budget(scenario.device)
     )
-    chunk = max(1, int(budget // client_bytes(scenario)))
-    d = parameters(scenario)
-    stacked = vmaps(meta_model(scenario))
+    chunk = max(1, int(budget // client_bytes(scenario, model)))
+    d = sum(p.numel() for p in model.parameters())
+    stacked = vmaps(model)
     if stacked and scenario.device.startswith("cuda"):
         return chunk
     if d > VMAP_PARAMS or not stacked:  # the loop engine's workers, two clients each per
@@ -49,14 +50,14 @@ def cohort_chunk(scenario: Scenario) -> int | None:
     return min(chunk, max(1, STACKED_FLOATS // d))
 
 
-def private_convolutions_on_cpu(scenario: Scenario) -> bool:
+def private_convolutions_on_cpu(scenario: Scenario, model: nn.Module) -> bool:
     """DP-SGD on a model with convolutions on a CPU: a batched cohort's per-example products
     under vmap measured 1.06-1.24x slower than its clients one by one
     (benchmarks/dp_overhead.py), so "auto" runs them one by one."""
     return (
         scenario.privacy.mechanism == "dp_sgd"
         and not scenario.device.startswith("cuda")
-        and any(isinstance(m, nn.Conv2d) for m in meta_model(scenario).modules())
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
     )
 
 
@@ -68,26 +69,14 @@ def default_budget(device: str) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
 
 
-def meta_model(scenario: Scenario) -> nn.Module:
-    """The scenario's model on the meta device (shapes, no memory)."""
-    ds = load_dataset(scenario.data, scenario.seed)
-    with torch.device("meta"):
-        return build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)
-
-
-def parameters(scenario: Scenario) -> int:
-    """d, the model's parameter count."""
-    return sum(p.numel() for p in meta_model(scenario).parameters())
-
-
-def client_bytes(scenario: Scenario) -> float:
+def client_bytes(scenario: Scenario, model: nn.Module | None = None) -> float:
     """A generous estimate of one client's memory in a batched cohort: its copies of the
     model (parameters, gradient, start point, method state), its padded examples, and the
     activations of a batch."""
     ds = load_dataset(scenario.data, scenario.seed)
     features = ds.x_train.shape[1]
-    model = meta_model(scenario)
-    d = parameters(scenario)
+    model = model or meta_model(scenario)  # on the meta device
+    d = sum(p.numel() for p in model.parameters())
     # activations per example: every layer's outputs (a convolution's at every pixel)
     widths = sum(
         p.shape[0] * (features if p.dim() == 4 else 1) for p in model.parameters() if p.dim() > 1
