@@ -30,7 +30,7 @@ class ModelConfig(BaseModel):
     name: Annotated[str, AfterValidator(MODELS.check)] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])
     bias: bool = True
-    embedding: int = Field(64, ge=1, description="text_bow: the width of a word's vector")
+    embedding: int = Field(64, ge=1, description="text_bow, char_lstm: a token's vector width")
     buckets: int = Field(
         32768, ge=2, description="text_bow, char_lstm: ids are taken mod buckets (the table size)"
     )
@@ -304,12 +304,7 @@ class TextBoW(nn.Module):
         self.buckets = cfg.buckets
         self.embed = nn.Embedding(cfg.buckets, cfg.embedding)
         nn.init.uniform_(self.embed.weight, -0.5 / cfg.embedding, 0.5 / cfg.embedding)  # fastText's
-        layers: list[nn.Module] = []
-        width = cfg.embedding
-        for h in cfg.hidden:
-            layers += [nn.Linear(width, h, bias=cfg.bias), nn.ReLU()]
-            width = h
-        self.head = nn.Sequential(*layers, nn.Linear(width, output_dim(num_classes), bias=cfg.bias))
+        self.head = mlp(cfg, cfg.embedding, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = x.long()

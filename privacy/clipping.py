@@ -27,10 +27,16 @@ from torch.linalg import vecdot
 LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm)  # the layers with parameters DP-SGD clips here
 
 
+def trains(module: nn.Module) -> bool:
+    """Whether the module holds trainable parameters of its own (a GroupNorm without affine
+    ones, a ReLU, a container: nothing to clip)."""
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
 def unsupported(model: nn.Module) -> str | None:
     """Why this model's per-example gradients cannot be clipped here (None: they can)."""
     for name, module in model.named_modules():
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+        if not trains(module):
             continue
         kind = type(module).__name__
         if not isinstance(module, LAYERS):
@@ -123,19 +129,18 @@ class PrivateGradients:
     """DP-SGD's noisy clipped gradients for one model: `__call__` for one client's batch
     (autograd), `cohort` for a cohort's stacked parameters and padded batches (vmap).
 
-    Forward hooks on the model's Linear, Conv2d and GroupNorm layers keep each layer's input and its
-    output (autograd) or add a given zero tap to the output (torch.func), where the output
-    gradient is taken; with no taps set the hooks do nothing (evaluation, plain training)."""
+    Forward hooks on the model's Linear, Conv2d and GroupNorm layers keep each layer's input
+    and its output (autograd) or add a given zero tap to the output (torch.func), where the
+    output gradient is taken; with no taps set the hooks do nothing (evaluation, plain
+    training)."""
 
     def __init__(self, model: nn.Module, sigma: float, c: float) -> None:
         why = unsupported(model)
         if why:
             raise ValueError(f"privacy.mechanism: 'dp_sgd' cannot clip this model: {why}")
         self.model, self.sigma, self.c = model, sigma, c
-        self.layers = {  # a GroupNorm without affine parameters has nothing to clip
-            n: m
-            for n, m in model.named_modules()
-            if isinstance(m, LAYERS) and any(True for _ in m.parameters(recurse=False))
+        self.layers = {
+            n: m for n, m in model.named_modules() if isinstance(m, LAYERS) and trains(m)
         }
         self.order = [tuple(n.rpartition(".")[::2]) for n, _ in model.named_parameters()]
         self.sizes = [p.numel() for p in model.parameters()]

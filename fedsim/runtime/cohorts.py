@@ -75,7 +75,8 @@ def client_bytes(scenario: Scenario, model: nn.Module | None = None) -> float:
     activations of a batch."""
     ds = load_dataset(scenario.data, scenario.seed)
     features = ds.x_train.shape[1]
-    model = model or meta_model(scenario)  # on the meta device
+    if model is None:
+        model = meta_model(scenario)  # on the meta device
     d = sum(p.numel() for p in model.parameters())
     # activations per example: every layer's outputs (a convolution's at every pixel)
     widths = sum(
