@@ -147,9 +147,18 @@ def encode_text(spec: BackboneSpec, vocab: list[str], *word_ids: np.ndarray) -> 
     """Token ids and attention mask of each array of sentences, padded to its longest (the
     tokenizer is loaded once for all)."""
     tok = tokenizer(spec, vocab)
+    tok.padding_side = "right"  # what `trimmed` relies on
     out = []
     for rows in word_ids:
         texts = [" ".join(vocab[i] for i in row) for row in rows]
         enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
         out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return out
+
+
+def trimmed(x: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A batch's token inputs cut to its longest sentence. Padding is on the right, so the
+    columns dropped are padding in every row and no activation changes; a batch of 32 SST-2
+    phrases is 40 tokens long on average against the training set's 65."""
+    width = int(x["attention_mask"].sum(1).max())
+    return {k: v[:, :width].contiguous() for k, v in x.items()}

@@ -23,7 +23,14 @@ from fedsim.config import Scenario
 from fedsim.data import load_dataset
 from fedsim.methods.split_lora import SplitParams
 from fedsim.models import output_dim
-from fedsim.privacy.backbone import BackboneSpec, adapter_init, encode_text, hidden_size, words
+from fedsim.privacy.backbone import (
+    BackboneSpec,
+    adapter_init,
+    encode_text,
+    hidden_size,
+    trimmed,
+    words,
+)
 from fedsim.privacy.split import (
     ACTIVATIONS,
     GRAD,
@@ -211,7 +218,7 @@ class LabelParty:
         loss = correct = 0.0
         with torch.no_grad():
             for s in range(0, len(y), chunk):
-                xb = {k: v[s : s + chunk] for k, v in x.items()}
+                xb = trimmed({k: v[s : s + chunk] for k, v in x.items()})
                 hs, _ = hosts.forward(0, xb, self.thetas)
                 yb = y[s : s + chunk]
                 logits = self.head(self.features(hs))
@@ -252,7 +259,7 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     start, losses = time.perf_counter(), []
     for t in range(1, scenario.rounds + 1):
         idx = next(batches)
-        xb = {k: v[idx] for k, v in x_train.items()}
+        xb = trimmed({k: v[idx] for k, v in x_train.items()})
         losses.append(party.step(hosts, t, xb, trained[idx], views, y_train[idx]))
         if t % p.leak_every and t != scenario.rounds:
             continue

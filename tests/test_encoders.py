@@ -14,7 +14,7 @@ import torch
 from fedsim.config import load_scenario
 from fedsim.data import DataConfig, load_dataset
 from fedsim.encoders import PACKAGED, model_path, verified
-from fedsim.privacy.backbone import BackboneSpec, encode_text, tokenizer
+from fedsim.privacy.backbone import BackboneSpec, encode_text, tokenizer, trimmed
 from fedsim.privacy.split import BackboneHost
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
@@ -72,6 +72,24 @@ def test_minilm_loads_by_hub_name_and_gives_sentence_transformers_vectors():
     ref = SentenceTransformer(path, device="cpu").encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     assert float(ours[0] @ ours[1]) < 0.9  # different sentences, different vectors
+
+
+def test_a_batch_cut_to_its_longest_sentence_has_the_same_activations():
+    spec = BackboneSpec(MINILM, 0, 0, 1, 4, 8)
+    host = BackboneHost(spec)
+    vocab = ["", "a", "gripping", "film", "tedious", "and", "long", "fine"]
+    ids = np.array([[1, 2, 3, 0, 0], [4, 5, 6, 0, 0], [7, 0, 0, 0, 0], [1, 2, 3, 5, 6]])
+    (x,) = encode_text(spec, vocab, ids)
+    batch = {k: v[:3] for k, v in x.items()}  # the long sentence is not in this batch
+    short = trimmed(batch)
+    lengths = batch["attention_mask"].sum(1)
+    assert short["input_ids"].shape[1] == int(lengths.max()) < batch["input_ids"].shape[1]
+    assert torch.equal(short["attention_mask"].sum(1), lengths)  # only padding went
+    gen = torch.Generator().manual_seed(0)
+    theta = {k: 0.1 * torch.randn(v.shape, generator=gen) for k, v in host.params["a0"].items()}
+    torch.testing.assert_close(
+        host.forward(short, "a0", theta), host.forward(batch, "a0", theta), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_sst2_reads_in_place_with_its_splits():
