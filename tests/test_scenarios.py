@@ -4,6 +4,10 @@ network: tests/test_hf_data.py runs them on local copies and checks their refusa
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from fedsim.config import load_scenario
@@ -37,3 +41,27 @@ def test_a_shipped_scenario_or_sweep_validates(name, monkeypatch):
         assert runs and all(r.scenario.rounds >= 1 for r in runs)
     else:
         assert load_scenario(path).rounds >= 1
+
+
+def test_the_p3eft_table_averages_accuracy_and_takes_each_attacks_worst(tmp_path):
+    rows = [  # point, seed, method, hosts: accuracy, worst leak, per-attack keys
+        (0, 0, "vanilla", 1, 0.80, {"leak_grad_norm": 0.99, "leak_act_norm": 0.70}),
+        (0, 1, "vanilla", 1, 0.90, {"leak_grad_norm": 0.95, "kmeans_act": 0.75}),
+        (1, 0, "p3eft", 4, 0.85, {"leak_update_spectral": 0.81, "leak_actdiff_probe": 0.6}),
+    ]
+    lines = ["point,seed,algorithm.method,algorithm.hosts"]
+    for point, seed, method, hosts, acc, leaks in rows:
+        run = tmp_path / "points" / f"{point:03d}" / f"seed{seed}"
+        run.mkdir(parents=True)
+        summary = {"final": {"eval_accuracy": acc}, "leak": max(leaks.values()), **leaks}
+        (run / "summary.json").write_text(json.dumps(summary))
+        lines.append(f"{point},{seed},{method},{hosts}")
+    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    script = REPO / "scenarios" / "p3eft_table" / "table.py"
+    out = subprocess.run(
+        [sys.executable, script, tmp_path], capture_output=True, text=True, check=True
+    ).stdout
+    assert "| vanilla | 85.0 / 99.0 | - |" in out  # mean accuracy, worst leak over seeds
+    assert "| p3eft | - | 85.0 / 81.0 |" in out
+    assert "| vanilla | 2-class, two-party | 0.990 | 0.750 | - | - | - | - |" in out
+    assert "| p3eft | 2-class, multi-party | - | - | - | - | 0.600 | 0.810 |" in out
