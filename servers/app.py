@@ -20,7 +20,7 @@ from flwr.superlink.grid import HttpGrid
 from fedsim.config import Scenario, load_scenario, parse_scenario_json
 from fedsim.registry import load_ref
 from fedsim.results import ERROR
-from fedsim.runtime import outputs
+from fedsim.runtime import compat, outputs
 
 from .driver import run_rounds
 from .polling import PollingGrid
@@ -42,6 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     resume = bool(context.run_config.get("resume", False))
     if isinstance(grid, HttpGrid):  # the deployment engine's
         grid = PollingGrid(grid)
+        compat.short_object_pulls()
     loop = load_ref(scenario.method.loop) if scenario.method.loop else run_rounds
     try:
         loop(grid, scenario, out_dir, resume)

@@ -37,6 +37,8 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+from fedsim.runtime import compat
+
 FALLBACK_S = 1.0  # AcquireTask at least this often, woken or not
 RETRY_S, RETRIES = 0.005, 20  # after a wake-up, until the task is listed
 
@@ -151,6 +153,7 @@ def main() -> None:
     args = p.parse_args()
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
+    compat.short_object_pulls()
     argv = ["--runtime-api-address", args.runtime_api_address]
     if args.parent_pid is not None:
         argv += ["--parent-pid", str(args.parent_pid)]

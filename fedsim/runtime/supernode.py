@@ -7,14 +7,15 @@ Flower 1.42's SuperNode sleeps 3 s between polls of the SuperLink while it has n
 0.5 s between checks for its ClientApp's reply (constants inside
 `flwr.supernode.start_client_internal`), and its SuperExec polls for tasks every second: a
 round waits for all of them on every node. Here the same SuperNode code polls the SuperLink
-every IDLE_POLL_S[0] after a message, growing to IDLE_POLL_S[1], and every QUIET_POLL_S once
-no message came for QUIET_AFTER_S (a poll costs the SuperNode and the SuperLink ~15 ms of CPU
-over TLS: a fixed short interval would eat the cores the clients train on); it checks for its
-ClientApp's reply every LOCAL_POLL_S (an in-memory lookup) and writes a byte to the ClientApp
-process's stdin as soon as a message is stored. It heartbeats every 10 s, Flower's minimum,
-instead of 30 s, so the SuperLink gives up on a lost node after 20 s instead of a minute.
-The ClientApp process is started again if it dies: a crash inside a client does not take
-the node down.
+every IDLE_POLL_S[0] after a message or a reply, growing to IDLE_POLL_S[1], and every
+QUIET_POLL_S once no message came for QUIET_AFTER_S (a poll costs the SuperNode and the
+SuperLink ~15 ms of CPU over TLS: a fixed short interval would eat the cores the clients
+train on); it checks for its ClientApp's reply every LOCAL_POLL_S (an in-memory lookup) and
+writes a byte to the ClientApp process's stdin as soon as a message is stored; objects of a
+message not yet stored are asked for again within milliseconds (`compat.short_object_pulls`),
+not after Flower's 1 s. It heartbeats every 10 s, Flower's minimum, instead of 30 s, so the
+SuperLink gives up on a lost node after 20 s instead of a minute. The ClientApp process is
+started again if it dies: a crash inside a client does not take the node down.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import flwr.supernode.start_client_internal as node
 from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
 from flwr.supernode.cli import flower_supernode
 
+from fedsim.runtime import compat
+
 IDLE_POLL_S = (0.02, 0.25)  # first and longest wait between polls of the SuperLink in a run
 GROWTH = 1.5
 QUIET_AFTER_S, QUIET_POLL_S = 30.0, 2.0  # no message for this long: poll this rarely
@@ -43,10 +46,11 @@ RUNTIME_API = ("127.0.0.1", 9094)  # flower-supernode's --host and --port defaul
 
 class Waits:
     """The `time` module as the SuperNode's loop sees it: the idle poll backs off from
-    IDLE_POLL_S[0] and starts again short after every message; local waits are short."""
+    IDLE_POLL_S[0] and starts again short after every message and every reply (a round's
+    next message follows the node's reply closely); local waits are short."""
 
     def __init__(self) -> None:
-        self.message_arrived()
+        self.busy()
 
     def __getattr__(self, name: str):
         return getattr(time, name)
@@ -59,7 +63,7 @@ class Waits:
         else:
             time.sleep(min(seconds, LOCAL_POLL_S))
 
-    def message_arrived(self) -> None:
+    def busy(self) -> None:
         self.idle, self.last = IDLE_POLL_S[0], time.monotonic()
 
 
@@ -102,17 +106,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("fedsim.runtime.supernode sets --isolation process itself")
     worker, waits = Worker(runtime_api_address(argv)), Waits()
     threading.Thread(target=worker.keep_running, daemon=True).start()
-    pull = node._pull_and_store_message
+    pull, push = node._pull_and_store_message, node._push_messages
 
     def pull_and_wake(*args, **kwargs):
         run_id = pull(*args, **kwargs)
         if run_id is not None:
-            waits.message_arrived()
+            waits.busy()
             worker.wake()
         return run_id
 
+    def push_and_listen(*args, **kwargs):
+        push(*args, **kwargs)
+        waits.busy()
+
     node.time = waits
+    compat.short_object_pulls()
     node._pull_and_store_message = pull_and_wake
+    node._push_messages = push_and_listen
     fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_MIN_INTERVAL
     sys.argv = ["flower-supernode", *argv, "--isolation", "process"]
     flower_supernode()
