@@ -1,7 +1,8 @@
 """P3EFT's overhead: time per training step of multi-party P3EFT (n = 2 adapter sets, m = 2
 shards, four hosts) against vanilla split LoRA (one adapter, plain backprop, one host), both
 through the same label party and the in-process Flower grid, batch 32, on tiny-bert and on
-the pretrained all-MiniLM-L6-v2 (the `minilm` extra).
+the pretrained all-MiniLM-L6-v2 (the `minilm` extra). The batch is cut to its longest sentence,
+as the runtime cuts each training batch.
 
 The protocol's inherent cost is the ratio of passes through the backbone: a forward call is
 one forward pass, a backprop call (stateless: it recomputes the forward) is a forward and a
@@ -22,7 +23,7 @@ import torch
 
 from fedsim.config import load_scenario
 from fedsim.data import load_dataset
-from fedsim.privacy.backbone import BackboneSpec, encode_text, words
+from fedsim.privacy.backbone import BackboneSpec, encode_text, trimmed, words
 from fedsim.registry import load_ref
 from fedsim.runtime.inprocess import InProcessGrid
 from fedsim.servers.host_views import HostViews
@@ -53,7 +54,9 @@ def setup(method: str, backbone: str):
     )
     grid = InProcessGrid(load_ref("fedsim.clients.app:app"), p.hosts)
     hosts = Hosts(grid, list(grid.get_node_ids()), spec, p.shards, p.rotate)
-    x = {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train)[0].items()}
+    x = trimmed(
+        {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train)[0].items()}
+    )
     y = torch.from_numpy(ds.y_train[:BATCH])
     return LabelParty(p, spec, ds.num_classes, s.seed), hosts, x, y, spec
 
