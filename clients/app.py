@@ -168,7 +168,7 @@ def group_key(msg: Message) -> str:
             int(config[SERVER_ROUND]),
             str(config[MODEL_CODEC]),
             settings,
-            sorted(msg.content[EXTRA]),
+            sorted(msg.content.get(EXTRA, {})),
         ],
         sort_keys=True,
     )
@@ -217,13 +217,9 @@ def run_cohort(messages: list[Message], contexts: list[Context], vectorize: bool
             q = sample_rate(privacy, p, f.sizes[i])
             metrics["epsilon"] = spend(context.state, privacy, q, steps)
         arrays = encode(vectors[i], codec(upload.codec), spec, rnd, pid)
-        extra = ArrayRecord({k: pack(e[i]) for k, e in extras.items()})
-        content = {
-            ARRAYS: arrays,
-            EXTRA: extra,
-            METRICS: metrics,
-            UPLINK: ConfigRecord({CODEC: upload.codec}),
-        }
+        content = {ARRAYS: arrays, METRICS: metrics, UPLINK: ConfigRecord({CODEC: upload.codec})}
+        if extras:  # an empty record would still be an object to push and pull
+            content[EXTRA] = ArrayRecord({k: pack(e[i]) for k, e in extras.items()})
         replies.append(Message(RecordDict(content), reply_to=msg))
     return replies
 
@@ -235,7 +231,7 @@ def received(messages: list[Message], f: Cohort, spec: RoundSpec, pids, rnd: int
     vector = f.load([model_codec.decode(m.content[ARRAYS]) for m in messages])
     extra = {
         k: torch.from_numpy(np.stack([unpack(m.content[EXTRA][k]) for m in messages])).to(f.device)
-        for k in messages[0].content[EXTRA]
+        for k in messages[0].content.get(EXTRA, {})
     }
     first = messages[0].content
     settings = dict(first[ROUND]) if ROUND in first else {}

@@ -88,7 +88,9 @@ class MethodServer:
                     LAST_USED: self.last_used.get(pid, 0),
                 }
             )
-            content = RecordDict({ARRAYS: arrays, EXTRA: extra, CONFIG: config})
+            content = RecordDict({ARRAYS: arrays, CONFIG: config})
+            if extra:  # an empty record would still be an object to push and pull
+                content[EXTRA] = extra
             if down.config:
                 content[ROUND] = ConfigRecord(down.config)
             node = self.partitions[pid]
@@ -106,7 +108,8 @@ class MethodServer:
         """A reply's update vector, side arrays, weight and metrics."""
         m, uplink = reply.content[METRICS], str(reply.content[UPLINK][CODEC])
         vector = readonly_tensor(codec(uplink).decode(reply.content[ARRAYS]))  # views: no copy
-        extra = {k: readonly_tensor(unpack(a)) for k, a in reply.content[EXTRA].items()}
+        sides = reply.content.get(EXTRA, {})
+        extra = {k: readonly_tensor(unpack(a)) for k, a in sides.items()}
         return Update(int(m["partition-id"]), vector, extra, float(m["weight"]), m)
 
     def step(self, agg: Aggregate, rnd: int, rounds_of: dict[int, int] | None = None) -> bool:

@@ -133,3 +133,31 @@ def test_scaffold_control_variates_sum_to_n_times_c(tmp_path):
             total += arrays[f"client/{pid}/{key}/c"]
     assert np.abs(arrays["server/c"]).max() > 1e-3
     np.testing.assert_allclose(total, N * arrays["server/c"], rtol=1e-4, atol=1e-5)
+
+
+def test_side_arrays_travel_only_with_a_method_that_has_them(tmp_path, monkeypatch):
+    """A record is one more object for a deployment to push and pull: FedAvg's messages and
+    replies have no `extra` record; SCAFFOLD's carry its control variates both ways."""
+    import fedsim.runtime as runtime
+    from fedsim.messages import EXTRA
+
+    class Recording(runtime.InProcessGrid):
+        traffic: list = []
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            self.traffic += [m for m in messages if m.metadata.message_type == "train"]
+            for reply in super().send_and_receive(messages, timeout=timeout):
+                if reply.metadata.message_type == "train":
+                    self.traffic.append(reply)
+                yield reply
+
+    monkeypatch.setattr(runtime, "InProcessGrid", Recording)
+    for name, down, up in (("fedavg", set(), set()), ("scaffold", {"c"}, {"dc"})):
+        Recording.traffic = []
+        launch(scenario({"name": name, "local_steps": 2}, rounds=2), tmp_path / name)
+        assert len(Recording.traffic) == 2 * 2 * N  # every client, both ways, two rounds
+        for msg in Recording.traffic:
+            sides = up if msg.metadata.reply_to_message_id else down
+            assert (EXTRA in msg.content) == bool(sides)
+            assert set(msg.content.get(EXTRA, {}).keys()) == sides
