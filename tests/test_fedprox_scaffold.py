@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fedsim.runtime as runtime
 from fedsim.checkpoint import load_checkpoint
+from fedsim.messages import EXTRA
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 from fedsim.servers.evaluate import Evaluator
@@ -138,8 +140,6 @@ def test_scaffold_control_variates_sum_to_n_times_c(tmp_path):
 def test_side_arrays_travel_only_with_a_method_that_has_them(tmp_path, monkeypatch):
     """A record is one more object for a deployment to push and pull: FedAvg's messages and
     replies have no `extra` record; SCAFFOLD's carry its control variates both ways."""
-    import fedsim.runtime as runtime
-    from fedsim.messages import EXTRA
 
     class Recording(runtime.InProcessGrid):
         traffic: list = []
