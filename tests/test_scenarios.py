@@ -43,25 +43,43 @@ def test_a_shipped_scenario_or_sweep_validates(name, monkeypatch):
         assert load_scenario(path).rounds >= 1
 
 
-def test_the_p3eft_table_averages_accuracy_and_takes_each_attacks_worst(tmp_path):
-    rows = [  # point, seed, method, hosts: accuracy, worst leak, per-attack keys
-        (0, 0, "vanilla", 1, 0.80, {"leak_grad_norm": 0.99, "leak_act_norm": 0.70}),
-        (0, 1, "vanilla", 1, 0.90, {"leak_grad_norm": 0.95, "kmeans_act": 0.75}),
-        (1, 0, "p3eft", 4, 0.85, {"leak_update_spectral": 0.81, "leak_actdiff_probe": 0.6}),
-    ]
-    lines = ["point,seed,algorithm.method,algorithm.hosts"]
+def write_sweep(sweep, rows, eps=None):
+    """A sweep directory as `fedsim sweep` leaves it: sweep.csv and each run's summary."""
+    lines = ["point,seed,algorithm.method,algorithm.hosts,algorithm.label_epsilon,status"]
     for point, seed, method, hosts, acc, leaks in rows:
-        run = tmp_path / "points" / f"{point:03d}" / f"seed{seed}"
+        status = "ok" if leaks else "pending"
+        lines.append(f"{point},{seed},{method},{hosts},{eps or ''},{status}")
+        if not leaks:
+            continue
+        run = sweep / "points" / f"{point:03d}" / f"seed{seed}"
         run.mkdir(parents=True)
         summary = {"final": {"eval_accuracy": acc}, "leak": max(leaks.values()), **leaks}
         (run / "summary.json").write_text(json.dumps(summary))
-        lines.append(f"{point},{seed},{method},{hosts}")
-    (tmp_path / "sweep.csv").write_text("\n".join(lines) + "\n")
+    (sweep / "sweep.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_the_p3eft_table_averages_accuracy_and_takes_each_attacks_worst(tmp_path):
+    write_sweep(  # point, seed, method, hosts: accuracy, worst leak, per-attack keys
+        tmp_path / "a",
+        [
+            (0, 0, "vanilla", 1, 0.80, {"leak_grad_norm": 0.99, "leak_act_norm": 0.70}),
+            (0, 1, "vanilla", 1, 0.90, {"leak_grad_norm": 0.95, "kmeans_act": 0.75}),
+            (1, 0, "p3eft", 4, 0.85, {"leak_update_spectral": 0.81, "leak_actdiff_probe": 0.6}),
+            (1, 1, "p3eft", 4, None, {}),  # still pending: left out
+        ],
+    )
+    write_sweep(tmp_path / "b", [(0, 1, "p3eft", 4, 0.70, {"leak_update_spectral": 0.6})], eps=2.0)
     script = REPO / "scenarios" / "p3eft_table" / "table.py"
     out = subprocess.run(
-        [sys.executable, script, tmp_path], capture_output=True, text=True, check=True
+        [sys.executable, script, tmp_path / "a", tmp_path / "b"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "| vanilla | 85.0 / 99.0 | - |" in out  # mean accuracy, worst leak over seeds
     assert "| p3eft | - | 85.0 / 81.0 |" in out
+    assert "| p3eft, label DP eps = 2 | - | 70.0 / 60.0 |" in out
     assert "| vanilla | 2-class, two-party | 0.990 | 0.750 | - | - | - | - |" in out
     assert "| p3eft | 2-class, multi-party | - | - | - | - | 0.600 | 0.810 |" in out
+    assert "| vanilla | 2-class, two-party | 80.0 / 0.990 | 90.0 / 0.950 |" in out  # by seed
+    assert "| p3eft, label DP eps = 2 | 2-class, multi-party | - | 70.0 / 0.600 |" in out

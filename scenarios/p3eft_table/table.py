@@ -1,8 +1,8 @@
 """The P3EFT table: final test accuracy and leak (the worst attack AUC over training, from
 each host's view) per method, task and setting, shaped like the paper's; then each family of
-attacks' worst value per method and setting.
+attacks' worst value, and each seed's accuracy and worst leak, per method and setting.
 
-python scenarios/p3eft_table/table.py runs/sweeps/p3eft_table
+python scenarios/p3eft_table/table.py runs/sweeps/p3eft_table [MORE_SWEEP_DIRS ...]
 """
 
 from __future__ import annotations
@@ -24,45 +24,74 @@ ATTACKS = {  # a family of attacks: the prefixes of its summary keys
 }
 
 
-def main() -> None:
-    sweep = Path(sys.argv[1])
+def runs(sweep: Path):
+    """(method row, column, seed, summary) of every run of one sweep directory."""
     with open(sweep / "sweep.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    cells: dict[tuple, list] = defaultdict(list)
+        for r in csv.DictReader(f):
+            if r.get("status", "ok") != "ok":  # pending or failed: no summary to read
+                continue
+            run = sweep / "points" / f"{int(r['point']):03d}" / f"seed{r['seed']}"
+            summary = json.loads((run / "summary.json").read_text())
+            eps = r.get("algorithm.label_epsilon") or None
+            method = r["algorithm.method"] + (f", label DP eps = {float(eps):g}" if eps else "")
+            column = (int(r.get("data.options.classes") or 2), int(r["algorithm.hosts"]))
+            yield method, column, int(r["seed"]), summary
+
+
+def order(method: str) -> tuple[int, str]:
+    return METHODS.index(method.split(",")[0]), method
+
+
+def main() -> None:
+    cells: dict[tuple, dict[int, tuple[float, float]]] = defaultdict(dict)
     families: dict[tuple, dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        run = sweep / "points" / f"{int(r['point']):03d}" / f"seed{r['seed']}"
-        s = json.loads((run / "summary.json").read_text())
-        column = (int(r.get("data.options.classes") or 2), int(r["algorithm.hosts"]))
-        cells[(r["algorithm.method"], column)].append((s["final"]["eval_accuracy"], s["leak"]))
-        worst = families[(r["algorithm.method"], column)]
-        for family, prefixes in ATTACKS.items():
-            values = [v for k, v in s.items() if k.startswith(prefixes)]
-            if values:
-                worst[family] = max(worst.get(family, 0.0), *values)
+    for sweep in sys.argv[1:]:
+        for method, column, seed, s in runs(Path(sweep)):
+            cells[(method, column)][seed] = (s["final"]["eval_accuracy"], s["leak"])
+            worst = families[(method, column)]
+            for family, prefixes in ATTACKS.items():
+                values = [v for k, v in s.items() if k.startswith(prefixes)]
+                if values:
+                    worst[family] = max(worst.get(family, 0.0), *values)
     columns = sorted({c for _, c in cells})
-    names = [f"{k}-class, {'two' if h == 1 else 'multi'}-party" for k, h in columns]
-    print("| method | " + " | ".join(names) + " |")
+    names = {c: f"{c[0]}-class, {'two' if c[1] == 1 else 'multi'}-party" for c in columns}
+    methods = sorted({m for m, _ in cells}, key=order)
+    print("| method | " + " | ".join(names.values()) + " |")
     print("|---|" + "---|" * len(columns))
-    for m in METHODS:
+    for m in methods:
         out = []
         for c in columns:
-            runs = cells.get((m, c), [])
-            if not runs:
+            seeds = cells.get((m, c), {}).values()
+            if not seeds:
                 out.append("-")
                 continue
-            acc, leak = sum(a for a, _ in runs) / len(runs), max(v for _, v in runs)
+            acc, leak = sum(a for a, _ in seeds) / len(seeds), max(v for _, v in seeds)
             out.append(f"{100 * acc:.1f} / {100 * leak:.1f}")
         print(f"| {m} | " + " | ".join(out) + " |")
-    print("\naccuracy % / leak % (max(AUC, 1 - AUC) of the strongest attack, worst checkpoint)")
+    print("\naccuracy % (mean over seeds) / leak % (max(AUC, 1 - AUC) of the strongest attack,")
+    print("worst checkpoint and seed)")
     print("\n| method | setting | " + " | ".join(ATTACKS) + " |")
     print("|---|---|" + "---|" * len(ATTACKS))
-    for m in METHODS:
-        for c, name in zip(columns, names, strict=True):
+    for m in methods:
+        for c in columns:
             if (m, c) in families:
-                worst = families[(m, c)]
-                row = [f"{worst[a]:.3f}" if a in worst else "-" for a in ATTACKS]
-                print(f"| {m} | {name} | " + " | ".join(row) + " |")
+                row = [
+                    f"{families[(m, c)][a]:.3f}" if a in families[(m, c)] else "-" for a in ATTACKS
+                ]
+                print(f"| {m} | {names[c]} | " + " | ".join(row) + " |")
+    seeds = sorted({s for by_seed in cells.values() for s in by_seed})
+    print("\n| method | setting | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("|---|---|" + "---|" * len(seeds))
+    for m in methods:
+        for c in columns:
+            by_seed = cells.get((m, c), {})
+            if by_seed:
+                row = [
+                    f"{100 * by_seed[s][0]:.1f} / {by_seed[s][1]:.3f}" if s in by_seed else "-"
+                    for s in seeds
+                ]
+                print(f"| {m} | {names[c]} | " + " | ".join(row) + " |")
+    print("\naccuracy % / worst leak of each seed's run")
 
 
 if __name__ == "__main__":
