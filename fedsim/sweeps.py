@@ -34,12 +34,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedsim.checkpoint import CHECKPOINT
 from fedsim.config import Scenario, ScenarioError, check_installed, load_scenario, set_key
 from fedsim.progress import SweepBar
 from fedsim.results import CONFIG, ERROR, METRICS, SUMMARY, create_run_dir, read_rows, read_summary
+from fedsim.runtime import launch
 from fedsim.tracking import TrackingConfig, replay
 
 SWEEP_RECORD = "sweep.json"
@@ -161,13 +163,11 @@ def plan(cfg: SweepConfig, base: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def _run_one(run: Run, out: Path, threads: int) -> tuple[Run, str | None]:
-    """Run (or resume) one point; a failure is recorded, not raised."""
-    import torch
-
-    from fedsim.runtime import launch
-
-    torch.set_num_threads(threads)
+def _run_one(run: Run, out: Path, threads: int | None) -> tuple[Run, str | None]:
+    """Run (or resume) one point; a failure is recorded, not raised. `threads`: a worker
+    process's share of the cores (None: in the caller's process, whose setting stays)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         if (out / CHECKPOINT).is_file():
             launch(run.scenario, out, resume=True)
@@ -210,7 +210,6 @@ def run_sweep(
         record["points"][str(r.point)] = r.setting
     (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=1))
     pending = [r for r in runs if not (r.directory(sweep_dir) / SUMMARY).is_file()]
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     bar = SweepBar(cfg.name, len(runs), len(runs) - len(pending), quiet)
 
     def finished(run: Run, error: str | None) -> None:
@@ -221,8 +220,9 @@ def run_sweep(
     if jobs == 1:  # in this process: no worker start-up, and no __main__ guard needed
         for r in pending:
             bar.running([describe(r)])
-            finished(*_run_one(r, r.directory(sweep_dir), threads))
+            finished(*_run_one(r, r.directory(sweep_dir), None))
     else:  # a script that sweeps with jobs > 1 needs `if __name__ == "__main__":` (spawn)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {
                 pool.submit(_run_one, r, r.directory(sweep_dir), threads): r for r in pending

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clients.objective import Cohort, Shard
+from fedsim.clients.objective import Cohort, Shard
 from fedsim.config import ScenarioError
 from fedsim.data import DataConfig, load_dataset
 from fedsim.models import (

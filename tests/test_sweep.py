@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from fedsim.checkpoint import CHECKPOINT
 from fedsim.cli import main
@@ -146,3 +147,17 @@ def test_a_changed_sweep_is_refused_rather_than_served_stale_results(tmp_path):
     with pytest.raises(ScenarioError, match=r"^sweep point 0 \(algorithm.client_lr=0.2\) seed 0"):
         run_sweep(changed, out, jobs=1)
     assert (out / "points/000/seed0/summary.json").read_text() == before  # nothing touched
+
+
+def test_a_sweep_in_this_process_keeps_its_torch_threads(tmp_path):
+    # a sweep in the caller's process used to set torch's threads to every core and leave
+    # them there: two pytest workers, or a user's own setting, then oversubscribed the cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(3 if before != 3 else 2)
+    want = torch.get_num_threads()
+    try:
+        axes = '[[axes]]\nkey = "algorithm.client_lr"\nvalues = [0.1]'
+        run_sweep(sweep_file(tmp_path, axes, seeds="[0]"), tmp_path / "out", jobs=1)
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

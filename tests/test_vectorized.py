@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clients.objective import Cohort, Shard
+from fedsim.clients.objective import Cohort, Shard
 from fedsim.config import ScenarioError, load_scenario
 from fedsim.models import VMAP_PARAMS, ModelConfig, bind, build_model, flat_params
 from fedsim.results import read_metrics
