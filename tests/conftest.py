@@ -44,6 +44,18 @@ def small_scenario(**over: object):
     return load_scenario(raw)
 
 
+@pytest.fixture(autouse=True)
+def keeps_torch_threads():
+    """A test that leaves torch's thread count changed fails (and it is put back): the
+    worker's later tests would otherwise oversubscribe the cores, 25x slower, unnoticed."""
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch's threads at {after} (it found {before})")
+
+
 @pytest.fixture
 def scenario_factory():
     return small_scenario

@@ -117,8 +117,10 @@ def ray_head():
     cmd = [str(ray), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
     cmd += ["--temp-dir", str(temp), "--include-dashboard", "false", "--disable-usage-stats"]
     # its workers and drivers bind above the 10002-19999 a local Ray (another test on the
-    # other xdist worker) takes: both counting up from 10002 once made a driver's port clash
-    cmd += ["--min-worker-port", "20002", "--max-worker-port", "29999"]
+    # other xdist worker) takes, in a range of this xdist worker's own: two clusters counting
+    # up from one port made a driver's port clash and killed its pytest worker
+    low = 20002 + 2000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    cmd += ["--min-worker-port", str(low), "--max-worker-port", str(low + 1997)]
     log = open(temp / "head.log", "wb")  # noqa: SIM115  (closed at teardown)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
