@@ -75,9 +75,8 @@ def main() -> None:
     for m in methods:
         for c in columns:
             if (m, c) in families:
-                row = [
-                    f"{families[(m, c)][a]:.3f}" if a in families[(m, c)] else "-" for a in ATTACKS
-                ]
+                worst = families[(m, c)]
+                row = [f"{worst[a]:.3f}" if a in worst else "-" for a in ATTACKS]
                 print(f"| {m} | {names[c]} | " + " | ".join(row) + " |")
     seeds = sorted({s for by_seed in cells.values() for s in by_seed})
     print("\n| method | setting | " + " | ".join(f"seed {s}" for s in seeds) + " |")
