@@ -25,6 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def without_wall_clock(rows: list[dict]) -> list[dict]:
+    """Metric rows less their wall-clock seconds: what two runs of one scenario must share."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
 def small_scenario(**over: object):
     """Digits, 6 clients, Dirichlet, a small MLP, FedAvg: a few seconds per run."""
     raw = {

@@ -17,15 +17,11 @@ from fedsim.cli import main
 from fedsim.data import load_dataset
 from fedsim.models import predict
 from fedsim.results import read_metrics
-from tests.conftest import REPO, small_scenario
-
-VOLATILE = {"wall_s"}  # the only key that differs between two runs of one scenario
+from tests.conftest import REPO, small_scenario, without_wall_clock
 
 
 def same_rows(a: list[dict], b: list[dict]) -> None:
-    assert [{k: v for k, v in r.items() if k not in VOLATILE} for r in a] == [
-        {k: v for k, v in r.items() if k not in VOLATILE} for r in b
-    ]
+    assert without_wall_clock(a) == without_wall_clock(b)
 
 
 def test_python_and_cli_give_the_same_rows_from_a_path_a_dict_and_a_scenario(tmp_path):

@@ -25,13 +25,9 @@ from fedsim.codecs import pack, unpack
 from fedsim.config import load_scenario
 from fedsim.results import CONFIG, create_run_dir, read_metrics
 
-from .conftest import REPO, small_scenario
+from .conftest import REPO, small_scenario, without_wall_clock
 
 ARGS = ["--set", "rounds=30", "--set", "checkpoint_every=3", "--set", "data.num_clients=10"]
-
-
-def without_wall(rows):
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
 
 def kill_resume_and_compare(tmp_path, args: list[str], after_rows: int) -> int:
@@ -56,7 +52,8 @@ def kill_resume_and_compare(tmp_path, args: list[str], after_rows: int) -> int:
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
     done = load_checkpoint(killed, load_scenario(killed / CONFIG).to_json())[0]["round"]
     assert main(["run", "--resume", str(killed)]) == 0
-    assert without_wall(read_metrics(killed)) == without_wall(read_metrics(tmp_path / "whole"))
+    whole = read_metrics(tmp_path / "whole")
+    assert without_wall_clock(read_metrics(killed)) == without_wall_clock(whole)
     np.testing.assert_array_equal(
         np.load(killed / "final_model.npy"), np.load(tmp_path / "whole/final_model.npy")
     )

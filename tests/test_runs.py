@@ -13,7 +13,7 @@ from fedsim.cli import main
 from fedsim.results import ROW_KEYS, read_metrics, read_summary
 from fedsim.runtime import launch
 
-from .conftest import REPO, small_scenario
+from .conftest import REPO, small_scenario, without_wall_clock
 
 
 def test_quickstart_reaches_90_percent(tmp_path):
@@ -47,8 +47,8 @@ def test_same_scenario_and_seed_give_identical_metrics(tmp_path):
     s = small_scenario(rounds=3, algorithm__fraction=0.5)
     launch(s, tmp_path / "a")
     launch(s, tmp_path / "b")
-    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(tmp_path / "a")]
-    again = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(tmp_path / "b")]
+    strip = without_wall_clock(read_metrics(tmp_path / "a"))
+    again = without_wall_clock(read_metrics(tmp_path / "b"))
     assert strip == again
     np.testing.assert_array_equal(
         np.load(tmp_path / "a/final_model.npy"), np.load(tmp_path / "b/final_model.npy")

@@ -25,6 +25,8 @@ from fedsim.method import METHODS
 from fedsim.registry import load_plugins
 from fedsim.results import METRICS, MODEL, SUMMARY, read_metrics
 
+from .conftest import without_wall_clock
+
 load_plugins()
 
 NUMBERS = st.one_of(
@@ -210,8 +212,7 @@ def test_a_generated_scenario_runs_or_is_refused_with_one_line(tmp_path_factory,
 
 def outcome(run: Path) -> tuple[list[dict], np.ndarray]:
     """A run's metrics (wall-clock time left out) and final model."""
-    rows = [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(run)]
-    return rows, np.load(run / MODEL)
+    return without_wall_clock(read_metrics(run)), np.load(run / MODEL)
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ from fedsim.runtime import launch
 from fedsim.runtime.inprocess import InProcessGrid
 from fedsim.servers.split import LabelParty, host_of, run_split
 
+from .conftest import without_wall_clock
+
 TASK = {"dataset": "sentences", "options": {"train_size": 1200, "test_size": 400}}
 
 
@@ -264,8 +266,7 @@ def test_inprocess_and_simulation_give_the_same_split_run(tmp_path):
         s = scenario(method="p3eft", hosts=4).model_copy(update={"runtime": runtime})
         launch(s, tmp_path / runtime)
         runs[runtime] = read_metrics(tmp_path / runtime)
-    keep = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731
-    assert [keep(r) for r in runs["inprocess"]] == [keep(r) for r in runs["simulation"]]
+    assert without_wall_clock(runs["inprocess"]) == without_wall_clock(runs["simulation"])
     assert json.dumps(runs["inprocess"])  # plain JSON rows
 
 
