@@ -5,14 +5,17 @@ copy: a directory written by `datasets`' `save_to_disk`, or parquet / csv / tsv 
 
 Columns are turned into fedsim's flat arrays as the options declare: images scaled and
 normalised per channel (C*H*W features, `meta["image_shape"]`), text into word or character
-ids of a vocabulary built on the training split (padded to `max_len`, `meta["vocab"]`),
-labels into 0..K-1 (strings by their sorted order, `meta["labels"]`). With `partitioner =
-"natural"` each client is one value of `client_column` (FEMNIST's writer, Shakespeare's
-speaking role), split by flwr-datasets' `NaturalIdPartitioner`, and only the chosen clients'
-rows are encoded; without a test split, `data.test_fraction` of each client's examples is
-held out (LEAF's split). iid, dirichlet and shards split the examples by label as for every
-dataset. The arrays are kept in fedsim's on-disk cache (fedsim.data.cache), keyed by the
-source's fingerprint, the options and the seed: a sweep encodes a dataset once.
+ids of a vocabulary built on the training split (padded to `max_len`, `meta["vocab"]`), a
+table's number columns (`feature_columns`, or every column but the label and client ids)
+stacked as float32 features, labels into 0..K-1 (strings by their sorted order,
+`meta["labels"]`); features optionally standardized by the training split's mean and scale.
+With `partitioner = "natural"` each client is one value of `client_column` (FEMNIST's
+writer, Shakespeare's speaking role), split as flwr-datasets' `NaturalIdPartitioner` splits,
+and only the chosen clients' rows are encoded; without a test split, `data.test_fraction` of
+each client's examples is held out (LEAF's split). iid, dirichlet and shards split the
+examples by label as for every dataset. The arrays are kept in fedsim's on-disk cache
+(fedsim.data.cache), keyed by the source's fingerprint, the options and the seed: a sweep
+encodes a dataset once.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedsim.data.arrays import check_finite, encode_labels, standardized
 from fedsim.data.base import DATASETS, PAD, Dataset, DatasetSpec
 from fedsim.data.cache import cached
 from fedsim.data.config import DataConfig
+from fedsim.data.partition import arrow_column, split_rows
 
 # the columns of the datasets papers use, so a scenario needs only the name
 KNOWN: dict[str, dict[str, Any]] = {
@@ -58,7 +63,12 @@ class HFOptions(BaseModel):
     subset: str | None = Field(None, description="the configuration, e.g. 'sst2' of nyu-mll/glue")
     train_split: str = "train"
     test_split: str | None = Field(None, description="default: data.test_fraction of train")
-    input_column: str = "image"
+    input_column: str | None = Field(
+        None, description="the input: images, text or numbers (default: 'image' if present)"
+    )
+    feature_columns: list[str] | None = Field(
+        None, min_length=1, description="number columns stacked as features (a table)"
+    )
     label_column: str = "label"
     client_column: str | None = Field(None, description="the natural client id column")
     text: Literal["words", "chars"] = Field("words", description="how a text column is split")
@@ -67,6 +77,7 @@ class HFOptions(BaseModel):
     mean: list[float] | None = Field(None, description="per channel, subtracted after scaling")
     std: list[float] | None = Field(None, description="per channel, divided by after the mean")
     max_examples: int | None = Field(None, ge=10, description="a seeded subsample of train")
+    standardize: bool = Field(False, description="scale features by the training split's")
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +86,12 @@ class HFOptions(BaseModel):
         if isinstance(raw, dict) and raw.get("name") in KNOWN:
             return KNOWN[raw["name"]] | raw
         return raw
+
+    @model_validator(mode="after")
+    def _one_input(self) -> HFOptions:
+        if self.input_column and self.feature_columns:
+            raise ValueError("input_column and feature_columns exclude each other: give one")
+        return self
 
     @model_validator(mode="after")
     def _channels(self) -> HFOptions:
@@ -138,7 +155,7 @@ def local_files(path: Path) -> dict[str, Any]:
     return kwargs
 
 
-def features(values: list[Any], o: HFOptions, vocab: list[str] | None) -> tuple[np.ndarray, dict]:
+def features(values: Any, o: HFOptions, vocab: list[str] | None) -> tuple[np.ndarray, dict]:
     """A column as (n, features) float32 and what it was: images, text ids or numbers."""
     first = values[0]
     if hasattr(first, "convert"):  # PIL images: (C, H, W) per example
@@ -159,7 +176,8 @@ def features(values: list[Any], o: HFOptions, vocab: list[str] | None) -> tuple[
             ids = [index[t] for t in tokens(text, o.text) if t in index][: o.max_len]
             out[r, : len(ids)] = ids
         return out, {"vocab": vocab}
-    return np.asarray(values, dtype=np.float32).reshape(len(values), -1), {}
+    numbers = np.stack(values) if values.dtype == object else values  # a list per example
+    return np.asarray(numbers, dtype=np.float32).reshape(len(values), -1), {}
 
 
 def tokens(text: str, how: str) -> list[str]:
@@ -171,50 +189,46 @@ def build_vocab(texts: list[str], how: str) -> list[str]:
     return ["", *sorted(counts, key=lambda t: (-counts[t], t))]
 
 
-def labels(train: list[Any], test: list[Any]) -> tuple[np.ndarray, np.ndarray, list]:
-    """Labels as 0..K-1 in sorted order of the values seen (ints keep their order)."""
-    names = sorted(set(train) | set(test))
-    index = {v: i for i, v in enumerate(names)}
-    return (
-        np.array([index[v] for v in train], dtype=np.int64),
-        np.array([index[v] for v in test], dtype=np.int64),
-        names,
-    )
+def column(ds: Any, name: str) -> Any:
+    """A column in one read: images decoded (PIL, one by one as decoding goes), anything else
+    a NumPy array through Arrow."""
+    from datasets import Image
+
+    if isinstance(ds.features[name], Image):
+        return ds[name]
+    return arrow_column(ds, name).to_numpy()
 
 
-def natural_clients(column: list[Any], num_clients: int, seed: int) -> list[np.ndarray]:
-    """The rows of each client: NaturalIdPartitioner over the client column, `num_clients`
-    of its ids (all of them, or a seeded sample)."""
-    from datasets import Dataset as HFDataset
-    from flwr_datasets.partitioner import NaturalIdPartitioner
-
-    partitioner = NaturalIdPartitioner(partition_by="client")
-    partitioner.dataset = HFDataset.from_dict({"client": column, "idx": np.arange(len(column))})
-    available = partitioner.num_partitions
-    if num_clients > available:
-        raise ValueError(f"num_clients: {num_clients} is more than the {available} natural clients")
-    chosen = range(available)
-    if num_clients < available:
-        chosen = sorted(np.random.default_rng(seed).choice(available, num_clients, replace=False))
-    return [
-        np.sort(partitioner.load_partition(int(p)).with_format("numpy")["idx"]).astype(np.int64)
-        for p in chosen
-    ]
+def input_columns(o: HFOptions, columns: list[str]) -> list[str]:
+    """The columns that make the features: input_column, feature_columns, else the 'image'
+    column, else every column but the label and the client ids."""
+    if o.input_column or o.feature_columns:
+        return [o.input_column] if o.input_column else o.feature_columns
+    if "image" in columns:
+        return ["image"]
+    return [c for c in columns if c not in (o.label_column, o.client_column)]
 
 
-def hold_out(rows: list[np.ndarray], fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """LEAF's split of natural clients: `fraction` of each client's rows (rounded, each
-    client keeping one at least) are the test set."""
-    held = [r[rng.permutation(len(r))[: min(len(r) - 1, round(len(r) * fraction))]] for r in rows]
-    test = np.sort(np.concatenate(held))
-    if not len(test):
-        raise ValueError(f"test_fraction: {fraction} of these clients' examples holds out none")
-    return test
+def table(ds: Any, columns: list[str], o: HFOptions) -> np.ndarray:
+    """Number columns stacked as (n, len(columns)) float32 features."""
+    out = np.empty((len(ds), len(columns)), dtype=np.float32)
+    for j, name in enumerate(columns):
+        values = column(ds, name)
+        if not isinstance(values, np.ndarray) or values.dtype.kind not in "biuf":
+            raise ValueError(
+                f"column {name!r} of {o.name!r} does not hold numbers: name the number columns"
+                " in options.feature_columns"
+            )
+        out[:, j] = values
+    return out
 
 
 def load(o: HFOptions, cfg: DataConfig, seed: int) -> Dataset:
     train, test = read_splits(o)
-    for col in filter(None, (o.input_column, o.label_column, o.client_column)):
+    inputs = input_columns(o, train.column_names)
+    if not inputs:
+        raise ValueError(f"{o.name!r} has no column besides the label and client ids")
+    for col in filter(None, (*inputs, o.label_column, o.client_column)):
         if col not in train.column_names:
             raise ValueError(f"column {col!r} is not in {o.name!r} (it has {train.column_names})")
     if cfg.partitioner == "natural" and not o.client_column:
@@ -228,43 +242,60 @@ def load(o: HFOptions, cfg: DataConfig, seed: int) -> Dataset:
         "test_fraction": cfg.test_fraction if test is None else None,
         "seed": seed,
     }
-    return cached(key, lambda: preprocess(train, test, o, cfg, seed))
+    return cached(key, lambda: preprocess(train, test, inputs, o, cfg, seed))
 
 
-def preprocess(train: Any, test: Any | None, o: HFOptions, cfg: DataConfig, seed: int) -> Dataset:
+def preprocess(
+    train: Any, test: Any | None, inputs: list[str], o: HFOptions, cfg: DataConfig, seed: int
+) -> Dataset:
     """The splits as arrays: subsampled, natural clients chosen (only their rows are kept),
     a test set held out where the dataset has none, inputs and labels encoded."""
     rng = np.random.default_rng(seed)
     if o.max_examples is not None and o.max_examples < len(train):
         train = train.select(np.sort(rng.permutation(len(train))[: o.max_examples]))
-    clients = None
-    if cfg.partitioner == "natural":
-        clients = natural_clients(train[o.client_column], cfg.num_clients, seed)
-        rows = np.sort(np.concatenate(clients))
-        if test is None:
-            held = hold_out(clients, cfg.test_fraction, rng)
-            test, rows = train.select(held), np.setdiff1d(rows, held)
-            clients = [np.setdiff1d(c, held) for c in clients]
-        train = train.select(rows)  # every client's rows; positions in it from here on
-        clients = [np.searchsorted(rows, c).astype(np.int64) for c in clients]
-    elif test is None:  # hold out data.test_fraction of the training split
-        order = rng.permutation(len(train))
-        cut = int(round(len(train) * cfg.test_fraction))
-        train, test = train.select(np.sort(order[cut:])), train.select(np.sort(order[:cut]))
-    x_in = train[o.input_column]
-    vocab = build_vocab(x_in, o.text) if isinstance(x_in[0], str) else None
-    x_train, meta = features(x_in, o, vocab)
-    x_test, _ = features(test[o.input_column], o, vocab)
-    y_train, y_test, names = labels(train[o.label_column], test[o.label_column])
+    ids = column(train, o.client_column) if cfg.partitioner == "natural" else None
+    rows = split_rows(ids, len(train), cfg, seed, rng, held_out=test is None)
+    if rows.test is not None:
+        test = train.select(rows.test)
+    if len(rows.train) < len(train):
+        train = train.select(rows.train)  # positions in it from here on
+    x_train, x_test, meta = encode_inputs(train, test, inputs, o)
+    if o.standardize:
+        x_train, x_test = standardized(x_train, x_test)
+    y_train, y_test, names = encode_labels(
+        column(train, o.label_column), column(test, o.label_column)
+    )
     return Dataset(
         x_train,
         y_train,
         x_test,
         y_test,
         num_classes=len(names),
-        client_splits=clients,
+        client_splits=rows.clients,
         meta={**meta, "labels": names, "name": o.name},
     )
 
 
-DATASETS.register("hf", DatasetSpec(HFOptions, load, natural=None), __doc__.splitlines()[0])
+def encode_inputs(
+    train: Any, test: Any, inputs: list[str], o: HFOptions
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Both splits' features: number columns stacked, or one input column as `features`
+    makes them (a vocabulary built on the training split); finite float32 or int64 ids."""
+    if o.feature_columns or len(inputs) > 1:
+        x_train, x_test, meta = table(train, inputs, o), table(test, inputs, o), {}
+    else:
+        x_in = column(train, inputs[0])
+        vocab = build_vocab(x_in, o.text) if isinstance(x_in[0], str) else None
+        x_train, meta = features(x_in, o, vocab)
+        x_test, _ = features(column(test, inputs[0]), o, vocab)
+    if x_train.dtype.kind == "f":
+        check_finite(x_train, "the training split")
+        check_finite(x_test, "the test split")
+    return x_train, x_test, meta
+
+
+DATASETS.register(
+    "hf",
+    DatasetSpec(HFOptions, load, natural=None),
+    "a Hugging Face dataset: a Hub name, a save_to_disk directory, or parquet/csv/tsv files",
+)

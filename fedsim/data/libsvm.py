@@ -63,6 +63,8 @@ def load(options: LibsvmOptions, cfg: DataConfig, seed: int) -> Dataset:
         x_train, x_test, raw_train, raw_test = train_test_split(
             x_train, raw_train, test_size=cfg.test_fraction, random_state=seed
         )
+    elif options.test_path == options.path:  # every row trains and is evaluated: read once
+        x_test, raw_test = x_train, raw_train
     else:
         x_test, raw_test = _read_raw(options.test_path, options.n_features)
         width = max(x_train.shape[1], x_test.shape[1])

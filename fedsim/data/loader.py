@@ -16,11 +16,13 @@ T = TypeVar("T")
 
 
 def _cached(fn: Callable[[DataConfig, int], T]) -> Callable[[DataConfig, int], T]:
-    """Memoise `fn(cfg, seed)` on the config's JSON (configs are not hashable)."""
+    """Memoise `fn(cfg, seed)` on the config's JSON (configs are not hashable), less `l2`:
+    it enters client_data only, so a scenario differing in l2 alone (a convex problem's
+    constants at another lambda, a sweep over l2) shares the loaded data and its split."""
     cached = functools.lru_cache(maxsize=16)(
         lambda cfg_json, seed: fn(DataConfig.model_validate_json(cfg_json), seed)
     )
-    return functools.wraps(fn)(lambda cfg, seed: cached(cfg.model_dump_json(), seed))
+    return functools.wraps(fn)(lambda cfg, seed: cached(cfg.model_dump_json(exclude={"l2"}), seed))
 
 
 @_cached

@@ -1,8 +1,14 @@
-"""Label-based client splits (iid, dirichlet, shards) through flwr-datasets partitioners."""
+"""Client splits: by label (iid, dirichlet, shards) through flwr-datasets' partitioners, and
+by a natural client id (flwr-datasets' NaturalIdPartitioner's split) with LEAF's per-client
+hold-out. No step does Python work per example: columns are read as whole Arrow arrays."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,13 +60,101 @@ def partition_labels(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.
         raise ValueError(f"cannot split {len(labels)} examples among {cfg.num_clients} clients")
     order = np.random.default_rng(seed).permutation(len(labels))
     partitioner = _partitioner(cfg, len(labels), seed)
-    partitioner.dataset = HFDataset.from_dict({"label": labels[order], "idx": order})
+    # the Arrow format hands the partitioners the label column as one array, not row by row
+    frame = HFDataset.from_dict({"label": labels[order], "idx": order})
+    partitioner.dataset = frame.with_format("arrow")
     try:
-        parts = [partitioner.load_partition(i) for i in range(cfg.num_clients)]
+        with _unhashed_selections():
+            parts = [partitioner.load_partition(i) for i in range(cfg.num_clients)]
     except ValueError as err:
         raise ValueError(
             f"{cfg.partitioner!r} partitioning of {len(labels)} examples among "
             f"{cfg.num_clients} clients failed (try fewer clients, or for dirichlet a "
             f"larger alpha): {err}"
         ) from err
-    return [np.sort(part.with_format("numpy")["idx"]).astype(np.int64) for part in parts]
+    return [np.sort(arrow_column(part, "idx").to_numpy()).astype(np.int64) for part in parts]
+
+
+@contextmanager
+def _unhashed_selections() -> Iterator[None]:
+    """`datasets` fingerprints every `select` by pickling its index list element by element
+    (seconds per million rows) for a cache that this in-memory frame never uses: a random
+    fingerprint does meanwhile."""
+    from datasets import fingerprint
+
+    hashed = fingerprint.update_fingerprint
+    fingerprint.update_fingerprint = lambda *_: fingerprint.generate_random_fingerprint()
+    try:
+        yield
+    finally:
+        fingerprint.update_fingerprint = hashed
+
+
+def arrow_column(ds: Any, name: str) -> Any:
+    """Column `name` of a `datasets.Dataset` as one pyarrow array: a selection's rows in one
+    take (`ds[name]` reads a selection through a Python list of its positions)."""
+    column = ds.data.column(name)
+    if ds._indices is not None:  # a selection: positions into ds.data
+        column = column.take(ds._indices.column(0))
+    return column
+
+
+def natural_clients(ids: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+    """The sorted rows of each client: NaturalIdPartitioner's split (partition k is the k-th
+    id in sorted order) computed in NumPy, `num_clients` of the ids (all of them, or a
+    seeded sample)."""
+    _, partition = np.unique(ids, return_inverse=True)  # each row's partition number
+    sizes = np.bincount(partition)
+    available = len(sizes)
+    if num_clients > available:
+        raise ValueError(f"num_clients: {num_clients} is more than the {available} natural clients")
+    rows = np.split(np.argsort(partition, kind="stable"), np.cumsum(sizes)[:-1])
+    chosen = range(available)
+    if num_clients < available:
+        chosen = sorted(np.random.default_rng(seed).choice(available, num_clients, replace=False))
+    return [rows[p].astype(np.int64) for p in chosen]
+
+
+def hold_out(rows: list[np.ndarray], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """LEAF's split of natural clients: `fraction` of each client's rows (rounded, each
+    client keeping one at least) are the test set."""
+    held = [r[rng.permutation(len(r))[: min(len(r) - 1, round(len(r) * fraction))]] for r in rows]
+    test = np.sort(np.concatenate(held))
+    if not len(test):
+        raise ValueError(f"test_fraction: {fraction} of these clients' examples holds out none")
+    return test
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which rows of a source train and which are held out, and the natural clients."""
+
+    train: np.ndarray  # sorted row numbers
+    test: np.ndarray | None  # sorted row numbers held out; None: the source has a test split
+    clients: list[np.ndarray] | None  # natural split: each client's positions within `train`
+
+
+def split_rows(
+    ids: np.ndarray | None,
+    n: int,
+    cfg: DataConfig,
+    seed: int,
+    rng: np.random.Generator,
+    *,
+    held_out: bool,
+) -> Rows:
+    """The rows of a source of `n` examples with client ids `ids`: with a natural split the
+    chosen clients' rows (LEAF's hold-out when `held_out`), else every row (a seeded
+    `test_fraction` of them held out when `held_out`)."""
+    if cfg.partitioner != "natural":
+        if not held_out:
+            return Rows(np.arange(n), None, None)
+        order = rng.permutation(n)
+        cut = int(round(n * cfg.test_fraction))
+        return Rows(np.sort(order[cut:]), np.sort(order[:cut]), None)
+    clients = natural_clients(ids, cfg.num_clients, seed)
+    test = hold_out(clients, cfg.test_fraction, rng) if held_out else None
+    if test is not None:
+        clients = [np.setdiff1d(c, test) for c in clients]
+    train = np.sort(np.concatenate(clients))
+    return Rows(train, test, [np.searchsorted(train, c).astype(np.int64) for c in clients])
