@@ -5,7 +5,9 @@ the round's settings, the scenario's data/model/algorithm spec); its partition c
 the node's `node_config` (`partition-id`), so it behaves the same in-process, on Flower's
 Simulation Engine and on a SuperNode. The method's state lives in `Context.state` as arrays
 and numbers: the round's new state is kept pending until the server says it used the reply,
-so a client whose update was lost, late or void continues from its last used round.
+so a client whose update was lost, late or void continues from its last used round. Under
+`model.buffers = "local"` (FedBN) it keeps its own float buffers there too, as every round it
+trains leaves them.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from fedsim.messages import (
     UPLINK,
 )
 from fedsim.method import Received, overlay, state_from_parts, state_row, state_to_parts
+from fedsim.plugins import PluginError
 from fedsim.privacy.mechanisms import clip, gaussian
 from fedsim.privacy.plan import sample_rate, spend
 from fedsim.seeding import derive_seed, torch_generator
 
-from .objective import Cohort, RoundSpec, cohort_for
+from .objective import Cohort, RoundSpec, cohort_for, initial_buffers
 
 app = ClientApp()
 CODEC_STREAM = 41
@@ -50,6 +53,7 @@ CODEC_STREAM = 41
 # each as arrays and numbers
 STATE, STATE_VALUES = "method-state", "method-state-values"
 PENDING, PENDING_VALUES = "method-pending", "method-pending-values"
+BUFFERS = "local-buffers"  # the client's own float buffers (model.buffers = "local")
 SPLIT_HOST = "fedsim.clients.split_host"  # loaded only by split-learning runs
 
 
@@ -100,7 +104,10 @@ def train(msg: Message, context: Context) -> Message:
     with its upload. An injected failure raises as such; anything else raises a ClientError
     that carries the traceback (the server stops the run on it)."""
     pid, rnd = partition_id(context), int(msg.content[CONFIG][SERVER_ROUND])
-    spec = RoundSpec.parse(str(msg.content[CONFIG][SPEC]))
+    try:
+        spec = RoundSpec.parse(str(msg.content[CONFIG][SPEC]))
+    except PluginError as e:  # the run stops on it, naming the plug-in and this node
+        raise ClientError(f"node {context.node_id} (partition {pid}): {e}") from None
     if failure_of(spec.failures, spec.seed, rnd, pid) == "raise":
         raise InjectedFailure(f"partition {pid} raises in round {rnd}")
     try:
@@ -186,6 +193,8 @@ def run_cohort(messages: list[Message], contexts: list[Context], vectorize: bool
     method, p = spec.method, spec.params
     pids = [partition_id(c) for c in contexts]
     f = cohort_for(spec_text, pids, vectorize)
+    if spec.model.buffers == "local":
+        f.load_buffers([own_buffers(c.state) for c in contexts], initial_buffers(spec_text))
     down = received(messages, f, spec, pids, rnd)
     last = method.client_init(p, down)
     for i, (msg, context) in enumerate(zip(messages, contexts, strict=True)):
@@ -221,6 +230,7 @@ def run_cohort(messages: list[Message], contexts: list[Context], vectorize: bool
         if extras:  # an empty record would still be an object to push and pull
             content[EXTRA] = ArrayRecord({k: pack(e[i]) for k, e in extras.items()})
         replies.append(Message(RecordDict(content), reply_to=msg))
+    keep_buffers(contexts, f)  # once every reply is built: a rerun starts from the same
     return replies
 
 
@@ -253,6 +263,20 @@ def committed(state: RecordDict, cls: type | None, last_used: int, device):
     values = {k: v for k, v in state[STATE_VALUES].items() if k in names}
     arrays = {k: unpack(a) for k, a in state[STATE].items()}
     return state_from_parts(cls, arrays, values, device)
+
+
+def own_buffers(state: RecordDict) -> np.ndarray | None:
+    """The float buffers the client's last round left it (None before its first)."""
+    return unpack(state[BUFFERS][BUFFERS]) if BUFFERS in state else None
+
+
+def keep_buffers(contexts: list[Context], f: Cohort) -> None:
+    """Each client's own float buffers as its round left them, in its Context.state: always,
+    as its statistics follow its own data whether or not the server uses its update."""
+    if f.buffers is None:
+        return
+    for context, own in zip(contexts, f.buffers.cpu().numpy(), strict=True):
+        context.state[BUFFERS] = ArrayRecord({BUFFERS: pack(own)})
 
 
 def keep_pending(state: RecordDict, new, rnd: int) -> None:

@@ -13,17 +13,27 @@ cohort of them runs its clients side by side
 instead, one model replica and one single-threaded worker per core (a batch-32 step of one
 client is too small to keep two cores busy; under DP-SGD one after another on the model).
 Each client draws its batches from its own generator, step by step, exactly as alone.
+
+A model with running statistics (BatchNorm) takes the loop too, as vmap cannot update them
+in place (said once per process, on stderr): every train-mode forward, gradient and
+Hessian-vector products included, updates the statistics in the buffer entries of the row
+it is bound to, so each client keeps its own. Gradients and l2 cover the parameter entries
+(the first n_params of a row); the buffer entries of a gradient are zero. With
+`model.buffers = "local"` (FedBN) a row is the parameters only and the statistics live in
+each client's own buffers (`load_buffers`, bound with its row), which its ClientApp keeps.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
+from socket import gethostname
 
 import numpy as np
 import torch
@@ -41,13 +51,16 @@ from fedsim.models import (
     ModelConfig,
     bind,
     build_model,
+    flat_buffers,
     flat_params,
+    float_buffers,
     loss_fn,
+    n_params,
     vmaps,
 )
+from fedsim.plugins import Plugin, activate
 from fedsim.privacy.clipping import PrivateGradients
 from fedsim.privacy.mechanisms import poisson_batches
-from fedsim.registry import load_plugins
 
 
 @dataclass(frozen=True)
@@ -70,8 +83,9 @@ class RoundSpec:
     @staticmethod
     @lru_cache(maxsize=8)
     def parse(text: str) -> RoundSpec:
-        load_plugins()  # the methods, in a fresh ClientApp process too
         d = json.loads(text)
+        # fedsim's methods and the run's plug-ins, in a fresh ClientApp process too
+        activate([Plugin.model_validate(p) for p in d["plugins"]], f"host {gethostname()!r}")
         return RoundSpec(
             seed=d["seed"],
             device=d["device"],
@@ -154,13 +168,17 @@ class Cohort:
         self.n = torch.tensor(self.sizes, dtype=torch.float64)
         self.l2 = torch.tensor([s.l2 for s in shards], device=self.device)
         self.regularized = any(s.l2 for s in shards)
+        self.n_params = n_params(model)  # the rest of a row: running statistics
         small = model.flat_buffer.numel() <= VMAP_PARAMS or self.device.type == "cuda"
         batched = vectorize and len(shards) > 1
+        if batched and float_buffers(model):
+            say_no_vmap()
         self.vmap = batched and small and vmaps(model)
         threads = batched and not self.vmap and self.private is None  # hooks: one model
         self.replicas = replicas(model) if threads else [model]
         self.gens: list[torch.Generator] = []
         self.expected: list[float] = []
+        self.buffers: Tensor | None = None  # [C, b]: the clients' own float buffers (FedBN)
 
     @property
     def size(self) -> int:
@@ -176,10 +194,21 @@ class Cohort:
             return buffer.unsqueeze(0)
         return torch.from_numpy(np.stack(rows)).to(self.device)
 
+    def load_buffers(self, rows: list[np.ndarray | None], initial: Tensor) -> None:
+        """Each client's own float buffers (None: `initial`, the model's) as the writable
+        [C, b] `self.buffers` on the device, bound with each client's row from now on: its
+        train-mode forwards update them (`model.buffers = "local"`)."""
+        own = [initial if r is None else readonly_tensor(r) for r in rows]
+        self.buffers = torch.stack(own).to(self.device)
+
+    def own(self, c: int) -> Tensor | None:
+        """Client c's own float buffers, bound with its row (None: they travel in the row)."""
+        return None if self.buffers is None else self.buffers[c]
+
     def bind(self, x: Tensor) -> None:
         """Evaluate at x ([C, d]) from now on; in-place updates of x move the models."""
         self.x = x
-        self.bound = bind(self.model, x[0]) if self.size == 1 else None  # one client: once
+        self.bound = bind(self.model, x[0], self.own(0)) if self.size == 1 else None  # once
 
     # -- batches
     def batches(self, batch_size: int, steps: int | list[int], gens) -> Iterator[Batch]:
@@ -229,16 +258,17 @@ class Cohort:
         the others)."""
         reg = self._regularizer(batch)
         if self.vmap:
-            data, g = self._vmap_grads(batch)
+            data, g = self._vmap_grads(batch)  # a model without buffers: all parameters
             if self.regularized:
                 g.add_(self.x * self.l2[:, None])
         else:
             data, grads = self._loop_grads(batch)
             g = torch.zeros_like(self.x)
             for c, parts in grads.items():
-                g[c] = torch.cat([p.reshape(-1) for p in parts])
+                g[c, : self.n_params] = torch.cat([p.reshape(-1) for p in parts])
                 if self.shards[c].l2:
-                    g[c].add_(self.x[c], alpha=self.shards[c].l2)
+                    w = self.x[c, : self.n_params]
+                    g[c, : self.n_params].add_(w, alpha=self.shards[c].l2)
         return losses(data, reg, batch.flags), g
 
     def sgd_step(self, batch: Batch, lr: float) -> Tensor:
@@ -252,7 +282,7 @@ class Cohort:
         def step(c: int, model: nn.Module, params: list[nn.Parameter]) -> float:
             loss, parts = self._client_grad(c, model, params, batch)
             if self.shards[c].l2:  # without building the flat gradient
-                self.x[c].mul_(1.0 - lr * self.shards[c].l2)
+                self.x[c, : self.n_params].mul_(1.0 - lr * self.shards[c].l2)
             targets = [self.x[c]] if self.private is not None else [p.data for p in params]
             torch._foreach_add_(targets, list(parts), alpha=-lr)
             return loss
@@ -264,8 +294,9 @@ class Cohort:
         """(l2_i/2)||x_i||^2 of each client, before the step."""
         if not self.regularized:
             return [0.0] * self.size
+        w = self.x[:, : self.n_params]
         return [
-            0.5 * s.l2 * float(self.x[c].dot(self.x[c])) if s.l2 and batch.flags[c] else 0.0
+            0.5 * s.l2 * float(w[c].dot(w[c])) if s.l2 and batch.flags[c] else 0.0
             for c, s in enumerate(self.shards)
         ]
 
@@ -287,12 +318,13 @@ class Cohort:
                 xb, yb = self._rows(c, batch.rows[c])
                 grads = torch.autograd.grad(self.loss(model(xb), yb), params, create_graph=True)
                 g = torch.cat([gr.reshape(-1) for gr in grads])
-                hv = torch.autograd.grad(g @ v[c], params)
-                out[c] = torch.cat([h.reshape(-1) for h in hv]).detach()
+                hv = torch.autograd.grad(g @ v[c, : self.n_params], params)
+                out[c, : self.n_params] = torch.cat([h.reshape(-1) for h in hv]).detach()
                 return 0.0
 
             self._each(batch.clients, product)
-        return (out + self.l2[:, None] * v) * batch.active[:, None]
+        out[:, : self.n_params].add_(self.l2[:, None] * v[:, : self.n_params])
+        return out * batch.active[:, None]
 
     # -- the loop engine: each client through the model itself
     def _rows(self, c: int, idx: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -310,14 +342,16 @@ class Cohort:
         workers = len(self.replicas)
         if workers == 1 or len(clients) == 1:
             for c in clients:
-                params = self.bound if self.bound is not None else bind(self.model, self.x[c])
+                params = self.bound
+                if params is None:
+                    params = bind(self.model, self.x[c], self.own(c))
                 value[c] = fn(c, self.model, params)
             return value
 
         def share(k: int) -> None:
             model = self.replicas[k]
             for c in clients[k::workers]:
-                value[c] = fn(c, model, bind(model, self.x[c]))
+                value[c] = fn(c, model, bind(model, self.x[c], self.own(c)))
 
         with single_threaded_ops():
             list(_pool(workers).map(share, range(workers)))
@@ -408,6 +442,16 @@ def replicas(model: nn.Module) -> list[nn.Module]:
     return model.replicas
 
 
+@cache
+def say_no_vmap() -> None:
+    """Tell once per process why a batched cohort runs through the model, not vmap."""
+    print(
+        "fedsim: a model with running statistics (BatchNorm buffers): cohorts run their clients"
+        " through the model, not as one vmap (it cannot update the statistics in place)",
+        file=sys.stderr,
+    )
+
+
 @lru_cache(maxsize=4)
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="fedsim-client")
@@ -495,6 +539,15 @@ def _cohort(spec_text: str, partitions: tuple[int, ...], vectorize: bool) -> Coh
     )
     shards = [shard_for(spec_text, pid) for pid in partitions]
     return Cohort(model, shards, ds.num_classes, vectorize)
+
+
+@lru_cache(maxsize=4)
+def initial_buffers(spec_text: str) -> Tensor:
+    """The model's float buffers as built from the run's seed (as the server evaluates
+    with): where each client's own start under `model.buffers = "local"`."""
+    spec = RoundSpec.parse(spec_text)
+    ds = load_dataset(spec.data, spec.seed)
+    return flat_buffers(build_model(spec.model, ds.x_train.shape[1], ds.num_classes, spec.seed))
 
 
 _single = lru_cache(maxsize=1024)(_cohort)

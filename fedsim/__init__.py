@@ -1,7 +1,11 @@
 """fedsim: federated and split learning simulation on Flower.
 
-`fedsim.run`, `fedsim.resume` and `fedsim.sweep` are the Python API (fedsim/api.py). It is
-imported on first use, so a process that needs one submodule (a SuperNode) stays light.
+The Python API (fedsim/api.py): `fedsim.run`, `fedsim.resume`, `fedsim.sweep`.
+The extension API, for plug-ins (docs/extending.md): `register_model`, `register_dataset`,
+`register_method`, and the method contract's types (`FederatedMethod`, `Params`,
+`Supports`, `Downlink`, `Received`, `Upload`, `Aggregate`, `Oracle`) and `ArrayData`.
+Names are imported on first use, so a process that needs one submodule (a SuperNode) stays
+light.
 """
 
 from __future__ import annotations
@@ -10,13 +14,71 @@ import importlib
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["RunFailed", "RunResult", "ScenarioError", "SweepResult", "resume", "run", "sweep"]
+
+_FROM = {  # public name -> the module that defines it
+    **dict.fromkeys(
+        ["RunFailed", "RunResult", "ScenarioError", "SweepResult", "resume", "run", "sweep"],
+        "fedsim.api",
+    ),
+    **dict.fromkeys(
+        [
+            "Aggregate",
+            "Downlink",
+            "FederatedMethod",
+            "Oracle",
+            "Params",
+            "Received",
+            "Supports",
+            "Upload",
+            "register_method",
+        ],
+        "fedsim.method",
+    ),
+    "register_model": "fedsim.models",
+    "register_dataset": "fedsim.data.registration",
+    "ArrayData": "fedsim.data.arrays",
+}
+__all__ = [
+    "Aggregate",
+    "ArrayData",
+    "Downlink",
+    "FederatedMethod",
+    "Oracle",
+    "Params",
+    "Received",
+    "RunFailed",
+    "RunResult",
+    "ScenarioError",
+    "Supports",
+    "SweepResult",
+    "Upload",
+    "register_dataset",
+    "register_method",
+    "register_model",
+    "resume",
+    "run",
+    "sweep",
+]
 
 if TYPE_CHECKING:
     from fedsim.api import RunFailed, RunResult, ScenarioError, SweepResult, resume, run, sweep
+    from fedsim.data.arrays import ArrayData
+    from fedsim.data.registration import register_dataset
+    from fedsim.method import (
+        Aggregate,
+        Downlink,
+        FederatedMethod,
+        Oracle,
+        Params,
+        Received,
+        Supports,
+        Upload,
+        register_method,
+    )
+    from fedsim.models import register_model
 
 
 def __getattr__(name: str):
-    if name not in __all__:
+    if name not in _FROM:
         raise AttributeError(f"module 'fedsim' has no attribute {name!r}")
-    return getattr(importlib.import_module("fedsim.api"), name)
+    return getattr(importlib.import_module(_FROM[name]), name)

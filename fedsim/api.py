@@ -89,14 +89,16 @@ class RunResult:
         return torch.from_numpy(np.load(self.run_dir / MODEL))
 
     def module(self) -> nn.Module:
-        """The scenario's model holding the final parameters (`state_dict()` for its tensors)."""
+        """The scenario's model holding the final parameters (and averaged running statistics;
+        the initial ones where they stayed on the clients) in eval mode (`state_dict()` for its
+        tensors)."""
         if not isinstance(self.scenario.method, FederatedMethod):
             raise ValueError("a split-learning run keeps its adapters only: use model()")
         s = self.scenario
         ds = load_dataset(s.data, s.seed)
         module = build_model(s.model, ds.x_train.shape[1], ds.num_classes, s.seed)
         bind(module, self.model().clone())
-        return module
+        return module.eval()
 
 
 @dataclass(frozen=True)
@@ -122,15 +124,18 @@ class SweepResult:
         return RunResult.read(point_dir(self.sweep_dir, point, seed))
 
 
-def scenario_of(source: ScenarioLike, overrides: Overrides = (), **keys: Any) -> Scenario:
-    """A validated scenario from a path, dict or Scenario, with overrides applied."""
+def scenario_of(
+    source: ScenarioLike, overrides: Overrides = (), plugins: Iterable[str] = (), **keys: Any
+) -> Scenario:
+    """A validated scenario from a path, dict or Scenario, with overrides applied and
+    `plugins` (module names, or paths relative to the current directory) added."""
     values = {k.replace("__", "."): v for k, v in keys.items()}
     if isinstance(overrides, Mapping):
         values, overrides = {**overrides, **values}, ()
     if isinstance(source, Scenario):
         source = source.to_dict()
     raw = source if isinstance(source, str | Path) else dict(source)
-    scenario = load_scenario(raw, list(overrides), values)
+    scenario = load_scenario(raw, list(overrides), values, list(plugins))
     check_installed(scenario.tracking)
     return scenario
 
@@ -145,13 +150,15 @@ def run(
     quiet: bool | None = None,
     federation: str | None = None,
     server_dir: Path | str | None = None,
+    plugins: Iterable[str] = (),
     **keys: Any,
 ) -> RunResult:
     """Run a scenario into `out` (default runs/NAME-TIMESTAMP) and return its result.
     `track` adds tracker backends ("tensorboard", "mlflow", "wandb"); `quiet` hides the
     progress bar (default: shown when stderr is a terminal); `federation` and `server_dir`
-    are the deployment runtime's (see `fedsim run --help`)."""
-    s = scenario_of(scenario, overrides, **keys)
+    are the deployment runtime's (see `fedsim run --help`); `plugins` adds plug-ins (module
+    names, or .py files and package folders relative to the current directory)."""
+    s = scenario_of(scenario, overrides, plugins, **keys)
     if track:
         s = scenario_of(s, tracking__backends=[*s.tracking.backends, *track])
     if s.runtime == "deployment":
@@ -226,10 +233,12 @@ def sweep(
     jobs: int = 1,
     track: Iterable[str] | None = None,
     quiet: bool | None = None,
+    plugins: Iterable[str] = (),
 ) -> SweepResult:
     """Run a sweep file (pending points only: a killed sweep continues) into `out` (default
-    runs/sweeps/NAME) and write its report; `track` logs each point as a tracker run."""
-    cfg, _ = read_sweep(sweep_file)
+    runs/sweeps/NAME) and write its report; `track` logs each point as a tracker run;
+    `plugins` adds plug-ins to the base scenario's."""
+    cfg, _ = read_sweep(sweep_file, list(plugins))
     sweep_dir = Path(out or f"runs/sweeps/{cfg.name}")
     tracking = None
     if track:
@@ -240,7 +249,7 @@ def sweep(
             raise ScenarioError(
                 f"--track: {list(track)!r} is not a list of {sorted(MODULES)}"
             ) from None
-    run_sweep(sweep_file, sweep_dir, jobs=jobs, quiet=quiet, tracking=tracking)
+    run_sweep(sweep_file, sweep_dir, jobs, quiet, tracking, list(plugins))
     report = write_report(sweep_dir, f"fedsim sweep {sweep_file} --jobs {jobs}")
     record, rows = collect(sweep_dir)
     return SweepResult(sweep_dir, rows, means(rows, axis_keys(record)), report)

@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             federation=args.federation,
             server_dir=args.server_dir,
+            plugins=args.plugin or (),
         )
     final = result.summary["final"]
     shown = {
@@ -61,7 +62,12 @@ def tracked(text: str | None) -> list[str] | None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     result = api.sweep(
-        args.sweep_file, out=args.out, jobs=args.jobs, track=tracked(args.track), quiet=args.quiet
+        args.sweep_file,
+        out=args.out,
+        jobs=args.jobs,
+        track=tracked(args.track),
+        quiet=args.quiet,
+        plugins=args.plugin or (),
     )
     print(result.report)
     if args.html:
@@ -97,23 +103,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from fedsim.codecs import CODEC_FAMILIES, CODECS
+    from fedsim.config import load_plugins
     from fedsim.data import DATASETS
     from fedsim.method import METHODS
     from fedsim.models import MODELS, example_parameters
-    from fedsim.registry import load_plugins
 
-    load_plugins()
+    load_plugins(args.plugin or ())
+
+    def line(e, text: str) -> str:
+        return f"  {e.name:14s} {text}" + (f"  [plug-in {e.origin}]" if e.origin else "")
+
     print("algorithms:")
     for e in METHODS:
-        print(f"  {e.name:14s} {e.doc}")
+        print(line(e, e.doc))
     print("models:")
     for e in MODELS:
-        count, example = example_parameters(e.name)
-        print(f"  {e.name:14s} {count:>9,} parameters on {example.what}: {e.doc}")
+        quoted = example_parameters(e.name)
+        size = f"{quoted[0]:>9,} parameters on {quoted[1].what}: " if quoted else ""
+        print(line(e, size + e.doc))
     for title, reg in (("datasets", DATASETS), ("codecs", CODECS)):
         print(f"{title}:")
         for e in reg:
-            print(f"  {e.name:14s} {e.doc.splitlines()[0] if e.doc else ''}")
+            print(line(e, e.doc.splitlines()[0] if e.doc else ""))
     for e in CODEC_FAMILIES:  # "name:PARAM", e.g. topk:0.01
         print(f"  {e.name + ':' + e.obj.param:14s} {e.doc}")
     print("runtimes:")
@@ -222,6 +233,12 @@ def parser() -> argparse.ArgumentParser:
             "--track", metavar="BACKENDS", help="log to trackers: tensorboard,mlflow,wandb"
         )
         cmd.add_argument("-q", "--quiet", action="store_true", default=None, help="no progress bar")
+        cmd.add_argument(
+            "--plugin",
+            action="append",
+            metavar="MODULE_OR_PATH",
+            help="import a plug-in first: a module, a .py file or a package folder (repeatable)",
+        )
     report = sub.add_parser(
         "report", help="a sweep's sweep.csv and report.md; --html: a page for a run or a sweep"
     )
@@ -231,9 +248,9 @@ def parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="PNG plots of a run's metrics")
     plot.add_argument("run_dir")
     plot.set_defaults(fn=cmd_plot)
-    sub.add_parser("list", help="registered algorithms, datasets, models, codecs").set_defaults(
-        fn=cmd_list
-    )
+    listing = sub.add_parser("list", help="registered algorithms, datasets, models, codecs")
+    listing.add_argument("--plugin", action="append", metavar="MODULE_OR_PATH", help="list it too")
+    listing.set_defaults(fn=cmd_list)
     dep = sub.add_parser("deploy", help="a Flower deployment: SuperLink, SuperNodes, keys")
     acts = dep.add_subparsers(dest="action", required=True)
     up = acts.add_parser("up", help="a SuperLink and N SuperNodes on this machine")
@@ -284,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ScenarioError as e:
+        if e.details:
+            print(e.details.rstrip(), file=sys.stderr)
         print(f"fedsim: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunFailed as e:

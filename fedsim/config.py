@@ -34,8 +34,9 @@ from torch import nn
 from fedsim.data import DataConfig, client_data, load_dataset
 from fedsim.heterogeneity import Profiles, SystemConfig
 from fedsim.method import METHODS, FederatedMethod, Method, Params
-from fedsim.models import ModelConfig, build_model, takes_ids
-from fedsim.registry import Registry, load_plugins
+from fedsim.models import MODELS, ModelConfig, build_model, float_buffers, takes_ids
+from fedsim.plugins import Plugin, PluginError, activate, resolve, unique
+from fedsim.registry import Registry
 from fedsim.tracking import MODULES, TrackingConfig
 
 # (scenario) -> scenario run last when a scenario loads (privacy registers its calibration)
@@ -49,7 +50,12 @@ def _without_none(value: Any) -> Any:
 
 
 class ScenarioError(ValueError):
-    """A scenario that cannot run; the message is one line: key, value, what is allowed."""
+    """A scenario that cannot run; the message is one line: key, value, what is allowed.
+    `details` holds what explains it further (a plug-in's traceback), shown before it."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class PrivacyConfig(BaseModel):
@@ -118,6 +124,10 @@ class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "scenario"
+    plugins: list[Plugin] = Field(
+        default_factory=list,
+        description="modules, .py files or package folders imported first (fedsim/plugins.py)",
+    )
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     runtime: Literal["inprocess", "simulation", "deployment"] = "inprocess"
@@ -158,13 +168,16 @@ class Scenario(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Plain data without unset (None) values, also inside free-form tables such as
         `data.options` (TOML has no null)."""
-        return _without_none(self.model_dump(mode="json", exclude_none=True))
+        d = _without_none(self.model_dump(mode="json", exclude_none=True))
+        if not d["plugins"]:  # a scenario without plug-ins reads as before they existed
+            del d["plugins"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        return tomli_w.dumps(self.to_dict(), multiline_strings=True)
 
     @property
     def method(self) -> Method:
@@ -179,9 +192,13 @@ def load_scenario(
     source: str | Path | dict[str, Any],
     overrides: list[str] | tuple[str, ...] = (),
     values: dict[str, Any] | None = None,
+    plugins: list[str] | tuple[str, ...] = (),
 ) -> Scenario:
     """Read a TOML file (or a dict), apply `key=value` overrides (text, read as TOML) and
-    `values` ({"a.b": value}), validate."""
+    `values` ({"a.b": value}), validate. Plug-ins given as paths are found relative to the
+    file (a dict's: the current directory); `plugins` adds more, relative to the current
+    directory (`--plugin`)."""
+    base = Path.cwd()
     if isinstance(source, dict):
         raw = json.loads(json.dumps(source))  # a deep copy we may edit
     else:
@@ -194,6 +211,8 @@ def load_scenario(
             raise ScenarioError(f"scenario: {str(source)!r} is not UTF-8 text ({e})") from None
         except tomllib.TOMLDecodeError as e:
             raise ScenarioError(f"scenario: {str(source)!r} is not valid TOML ({e})") from None
+        base = path.parent
+    raw["plugins"] = with_plugins(raw.get("plugins", []), base, plugins)
     for item in overrides:
         apply_override(raw, item)
     for key, value in (values or {}).items():
@@ -201,9 +220,29 @@ def load_scenario(
     return validate(raw)
 
 
-def parse_scenario_json(text: str) -> Scenario:
-    """The inverse of Scenario.to_json (re-validated)."""
-    return validate(json.loads(text))
+def with_plugins(listed: Any, base: Path, added: list[str] | tuple[str, ...] = ()) -> list:
+    """A scenario's plug-ins (paths relative to `base`) and `added` ones (paths relative to
+    the current directory), resolved: their files read now, as the run will carry them."""
+    try:
+        plugins = unique(resolve(listed, base) + resolve(list(added), Path.cwd()))
+        return [p.model_dump(exclude_none=True) for p in plugins]
+    except PluginError as e:
+        raise ScenarioError(f"scenario.{e}", e.details) from None
+
+
+def load_plugins(refs: list[str] | tuple[str, ...] = ()) -> None:
+    """fedsim's own registrations, the installed plug-ins and `refs` (module names or paths
+    relative to the current directory), imported in this process."""
+    try:
+        activate(unique(resolve(list(refs), Path.cwd())))
+    except PluginError as e:
+        raise ScenarioError(f"{e}", e.details) from None
+
+
+def parse_scenario_json(text: str, where: str = "") -> Scenario:
+    """The inverse of Scenario.to_json (re-validated; `where` names this process's node in
+    a plug-in's errors)."""
+    return validate(json.loads(text), where)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -231,10 +270,17 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def validate(raw: dict[str, Any]) -> Scenario:
-    """Validate a raw scenario dict; the first problem becomes a ScenarioError."""
-    load_plugins()
+def validate(raw: dict[str, Any], where: str = "") -> Scenario:
+    """Validate a raw scenario dict, its plug-ins imported first (`where` names this
+    process's node in their errors); the first problem becomes a ScenarioError."""
     raw = dict(raw)
+    try:
+        plugins = unique(resolve(raw.get("plugins", []), Path.cwd()))
+        activate(plugins, where)
+    except PluginError as e:
+        raise ScenarioError(f"scenario.{e}", e.details) from None
+    raw["plugins"] = plugins
+    check_model_options(raw.get("model"))
     alg_raw = raw.pop("algorithm", None)
     if not isinstance(alg_raw, dict) or "name" not in alg_raw:
         raise ScenarioError(f"scenario.algorithm.name: missing (allowed: {METHODS.names()})")
@@ -261,6 +307,19 @@ def validate(raw: dict[str, Any]) -> Scenario:
     except ValueError as e:
         raise ScenarioError(f"scenario.{e}") from None
     return scenario
+
+
+def check_model_options(model: Any) -> None:
+    """The `[model]` keys besides the common ones (`name`, `buffers`) against the model's own
+    options, so a bad key is named as `scenario.model.KEY`."""
+    if not isinstance(model, dict) or model.get("name", "mlp") not in MODELS:
+        return  # reported by the schema
+    options = MODELS.get(model.get("name", "mlp")).options
+    common = sorted(ModelConfig.model_fields)
+    try:
+        options.model_validate({k: v for k, v in model.items() if k not in common})
+    except ValidationError as e:
+        raise ScenarioError(_one_line(e, ("model",), options, common)) from None
 
 
 def check_installed(tracking: TrackingConfig) -> None:
@@ -377,6 +436,7 @@ def check_data_and_model(scenario: Scenario) -> None:
     """The data loads and splits, and the model can be built for it (shapes only, on the
     meta device)."""
     if not isinstance(scenario.method, FederatedMethod):
+        check_buffers(scenario, None)
         return
     try:
         ds = load_dataset(scenario.data, scenario.seed)
@@ -387,6 +447,7 @@ def check_data_and_model(scenario: Scenario) -> None:
         model = meta_model(scenario)
     except ValueError as e:
         raise ValueError(f"{e} (data.dataset {scenario.data.dataset!r})") from None
+    check_buffers(scenario, model)
     ids = not np.issubdtype(ds.x_train.dtype, np.floating)
     if ids != takes_ids(model):
         what = f"{ds.x_train.dtype} token ids" if ids else "float features"
@@ -397,13 +458,34 @@ def check_data_and_model(scenario: Scenario) -> None:
         )
 
 
-def _one_line(err: ValidationError, prefix: tuple[str, ...], model: type[BaseModel]) -> str:
+def check_buffers(scenario: Scenario, model: nn.Module | None) -> None:
+    """`model.buffers = "local"` only where it keeps something: float buffers of the model a
+    federated method trains (`model` None: the method trains no [model])."""
+    if scenario.model.buffers != "local":
+        return
+    if model is None:
+        raise ValueError(
+            f"model.buffers: 'local' keeps the [model]'s float buffers on the clients, and"
+            f" algorithm.name = {scenario.method.name!r} does not train the [model]"
+            " (use 'average')"
+        )
+    if not float_buffers(model):
+        raise ValueError(
+            f"model.buffers: 'local' keeps float buffers (BatchNorm's running statistics) on"
+            f" the clients, and model.name {scenario.model.name!r} has none: nothing to keep"
+            " (use 'average')"
+        )
+
+
+def _one_line(
+    err: ValidationError, prefix: tuple[str, ...], model: type[BaseModel], also: list[str] = ()
+) -> str:
     e = err.errors(include_url=False)[0]
     loc = tuple(str(p) for p in e["loc"])
     key = "scenario." + ".".join(prefix + loc)
     value, msg, kind = e.get("input"), e["msg"], e["type"]
     if kind == "extra_forbidden":
-        return f"{key}: unknown key (allowed: {_allowed_keys(model, loc[:-1])})"
+        return f"{key}: unknown key (allowed: {sorted([*also, *_allowed_keys(model, loc[:-1])])})"
     if kind == "missing":
         return f"{key}: missing (required)"
     msg = msg.removeprefix("Value error, ")
@@ -427,8 +509,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
 def client_spec(scenario: Scenario) -> str:
     """The JSON a client receives in every round's config (`spec`): what it needs to train."""
     d = scenario.to_dict()
-    keys = ("seed", "device", "data", "model", "algorithm", "privacy")
-    spec = {k: d[k] for k in keys} | {
+    keys = ("plugins", "seed", "device", "data", "model", "algorithm", "privacy")
+    spec = {k: d.get(k, []) for k in keys} | {
         "failures": d["system"]["failures"],
         "adversaries": d["system"]["adversaries"],
     }

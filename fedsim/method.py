@@ -13,6 +13,15 @@ A client round runs for a cohort: every tensor it gets and returns has a leading
 dimension (one client is a cohort of one), so the same code runs client after client or as
 one batched computation (clients.objective).
 
+Shapes and signs. The model is one float32 vector of d entries (its parameters, then its
+float buffers: fedsim.models); the server's `S.x` is [d], a cohort's `Received.vector` is
+[C, d]. A FedAvg-style client uploads its model change `x - x_i` ([C, d], x the model it was
+sent, x_i where its local steps ended: the sum of its steps, pointing up the gradient). The
+server's `Aggregate.vector` is the weighted mean of the admitted uploads (weights
+`Upload.weight`; a robust rule or DP-FedAvg's clipped noisy sum in its place), so a server
+step that descends subtracts it: `x - eta_s * agg.vector`. A method may upload anything of
+its own length k (signSGD: signs of gradients) as long as its server step reads it so.
+
 A method declares what it supports (`Supports`) and what it costs (`planned_grad_evals`);
 loading a scenario refuses any other combination. The units live in `fedsim.methods`; one
 adapter in `fedsim.clients` and one in `fedsim.servers` map every method onto Flower's
@@ -22,6 +31,7 @@ messages, `Context.state`, codecs and devices, and no method sees a Flower type.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from fedsim.registry import Registry
+from fedsim.registry import RegistrationError, Registry
 
 RUNTIMES = ("inprocess", "simulation", "deployment")
 MECHANISMS = ("dp_sgd", "dp_fedavg", "local")
@@ -105,10 +115,12 @@ class Received:
 
 @dataclass(frozen=True)
 class Upload:
-    """A cohort's replies: the vectors they send ([C, k]: what an adversary corrupts and the
-    `local` mechanism noises) in a wire format, float32 side arrays [C, ...], and per client
-    ([C]) the mean loss, gradient evaluations (one per local step), examples processed (for
-    the simulated clock) and the weight in the average."""
+    """A cohort's replies: the vectors they send ([C, k]: for FedAvg-style methods the model
+    change x - x_i; what an adversary corrupts and the `local` mechanism noises) in a wire
+    format (a codec spec), float32 side arrays [C, ...] (sent as they are, averaged plainly),
+    and per client ([C]) the mean loss, gradient evaluations (one per local step), examples
+    processed (for the simulated clock) and the weight in the average (a number or [C];
+    FedAvg's: the example counts `f.n`)."""
 
     vector: Tensor
     loss: Tensor
@@ -121,9 +133,10 @@ class Upload:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """The server's view of a round's replies: the aggregated vector (mean, robust rule or
-    DP-FedAvg's noisy sum, whichever wraps the method), plain means of the side arrays, and
-    which partitions were admitted and which were used (finite updates)."""
+    """The server's view of a round's replies: the aggregated vector ([k]: the weighted mean
+    of the used uploads, sum_i w_i v_i / sum_i w_i; or the robust rule or DP-FedAvg's noisy
+    clipped sum, whichever wraps the method), plain means of the side arrays, and which
+    partitions were admitted and which were used (an upload holding NaN or inf is not)."""
 
     vector: Tensor
     extra: dict[str, Tensor]
@@ -210,9 +223,30 @@ class FederatedMethod(Method, ABC, Generic[P, C, S]):
 METHODS: Registry[Method] = Registry("algorithm")
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: register one instance of the method under its name."""
-    METHODS.register(cls.name, cls(), cls.doc)
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register one instance of the method under its `name`. The class must
+    declare its own `name` (a subclass of a method is another method), `params` (a Params
+    subclass) and every step of the contract; `doc` defaults to the docstring's first line."""
+    what = f"method class {getattr(cls, '__name__', cls)!r}"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise RegistrationError(f"{what} is not a subclass of fedsim.FederatedMethod")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise RegistrationError(f"{what} declares no name of its own (name: ClassVar[str])")
+    params = getattr(cls, "params", None)
+    if not (isinstance(params, type) and issubclass(params, Params)):
+        raise RegistrationError(f"{what} declares no params (a subclass of fedsim.Params)")
+    if inspect.isabstract(cls):
+        missing = sorted(cls.__abstractmethods__)
+        raise RegistrationError(f"{what} does not define the steps {missing}")
+    if not issubclass(cls, FederatedMethod) and cls.loop is None:
+        raise RegistrationError(f"{what} is neither a FederatedMethod nor declares a loop")
+    state = getattr(cls, "client_state", None)
+    if state is not None and not dataclasses.is_dataclass(state):
+        raise RegistrationError(f"{what}: client_state {state!r} is not a dataclass")
+    if "doc" not in cls.__dict__:
+        cls.doc = ((cls.__doc__ or "").strip().splitlines() or [name])[0]
+    METHODS.register(name, cls(), cls.doc)
     return cls
 
 

@@ -38,7 +38,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedsim.checkpoint import CHECKPOINT
-from fedsim.config import Scenario, ScenarioError, check_installed, load_scenario, set_key
+from fedsim.config import (
+    Scenario,
+    ScenarioError,
+    check_installed,
+    load_scenario,
+    parse_scenario_json,
+    set_key,
+    with_plugins,
+)
 from fedsim.progress import SweepBar
 from fedsim.results import CONFIG, ERROR, METRICS, SUMMARY, create_run_dir, read_rows, read_summary
 from fedsim.runtime import launch
@@ -128,8 +136,11 @@ def grid(axes: list[Axis]) -> list[dict[str, Any]]:
     return points
 
 
-def read_sweep(path: Path | str) -> tuple[SweepConfig, dict[str, Any]]:
-    """The validated sweep file and its base scenario as a raw dict."""
+def read_sweep(
+    path: Path | str, plugins: list[str] | tuple[str, ...] = ()
+) -> tuple[SweepConfig, dict[str, Any]]:
+    """The validated sweep file and its base scenario as a raw dict, its plug-ins (and
+    `plugins`, relative to the current directory) resolved."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"sweep: {str(path)!r} is not a file")
@@ -141,7 +152,9 @@ def read_sweep(path: Path | str) -> tuple[SweepConfig, dict[str, Any]]:
     base = path.parent / cfg.base
     if not base.is_file():
         raise ScenarioError(f"sweep.base: {cfg.base!r} is not a file next to the sweep")
-    return cfg, tomllib.loads(base.read_text())
+    raw = tomllib.loads(base.read_text())
+    raw["plugins"] = with_plugins(raw.get("plugins", []), base.parent, plugins)
+    return cfg, raw
 
 
 def plan(cfg: SweepConfig, base: dict[str, Any]) -> list[Run]:
@@ -163,23 +176,25 @@ def plan(cfg: SweepConfig, base: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def _run_one(run: Run, out: Path, threads: int | None) -> tuple[Run, str | None]:
-    """Run (or resume) one point; a failure is recorded, not raised. `threads`: a worker
-    process's share of the cores (None: in the caller's process, whose setting stays)."""
+def _run_one(scenario_json: str, out: Path, threads: int | None) -> str | None:
+    """Run (or resume) one point; a failure is recorded and returned, not raised. `threads`:
+    a worker process's share of the cores (None: in the caller's process, whose setting
+    stays). The scenario comes as JSON, parsed here after its plug-ins are imported."""
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        scenario = parse_scenario_json(scenario_json)
         if (out / CHECKPOINT).is_file():
-            launch(run.scenario, out, resume=True)
+            launch(scenario, out, resume=True)
         else:
-            create_run_dir(out, run.scenario.to_toml(), overwrite=True)
-            launch(run.scenario, out)
-        return run, None
+            create_run_dir(out, scenario.to_toml(), overwrite=True)
+            launch(scenario, out)
+        return None
     except Exception as e:  # a failed point must not stop the others
         with contextlib.suppress(OSError):  # nor a run directory that cannot hold the reason
             out.mkdir(parents=True, exist_ok=True)
             (out / ERROR).write_text(traceback.format_exc())
-        return run, f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {e}"
 
 
 def run_sweep(
@@ -188,11 +203,13 @@ def run_sweep(
     jobs: int = 1,
     quiet: bool | None = None,
     tracking: TrackingConfig | None = None,
+    plugins: list[str] | tuple[str, ...] = (),
 ) -> list[Run]:
     """Run every pending point of the sweep file into `sweep_dir`; return the runs. Each run
     that ends goes to the trackers (`tracking`, else the sweep file's, else the base
-    scenario's) as its own run, grouped by the sweep."""
-    cfg, base = read_sweep(path)
+    scenario's) as its own run, grouped by the sweep. `plugins` adds plug-ins to the base
+    scenario's (paths relative to the current directory)."""
+    cfg, base = read_sweep(path, plugins)
     runs = plan(cfg, base)  # validated before anything is created
     tracking = tracking or cfg.tracking or runs[0].scenario.tracking
     check_installed(tracking)
@@ -220,16 +237,17 @@ def run_sweep(
     if jobs == 1:  # in this process: no worker start-up, and no __main__ guard needed
         for r in pending:
             bar.running([describe(r)])
-            finished(*_run_one(r, r.directory(sweep_dir), None))
+            finished(r, _run_one(r.scenario.to_json(), r.directory(sweep_dir), None))
     else:  # a script that sweeps with jobs > 1 needs `if __name__ == "__main__":` (spawn)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = {
-                pool.submit(_run_one, r, r.directory(sweep_dir), threads): r for r in pending
+                pool.submit(_run_one, r.scenario.to_json(), r.directory(sweep_dir), threads): r
+                for r in pending
             }
             bar.running([describe(r) for r in pending[:jobs]])
             for future in as_completed(futures):
-                finished(*future.result())
+                finished(futures[future], future.result())
                 bar.running([describe(r) for f, r in futures.items() if not f.done()][:jobs])
     bar.close()
     return runs

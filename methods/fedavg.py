@@ -26,7 +26,7 @@ from fedsim.method import (
     Received,
     Supports,
     Upload,
-    register,
+    register_method,
 )
 
 
@@ -120,7 +120,7 @@ def compressed(p: LocalSGDParams, delta: Tensor, e: Tensor | None) -> tuple[Tens
     return with_feedback(delta, e, p.uplink)
 
 
-@register
+@register_method
 class LocalSGD(FederatedMethod[LocalSGDParams, ClientState, ServerState]):
     name = "local_sgd"
     doc = "Local SGD: H local SGD steps, server step size eta_s"
@@ -153,7 +153,7 @@ class LocalSGD(FederatedMethod[LocalSGDParams, ClientState, ServerState]):
         return rounds * local_steps(p, n)
 
 
-@register
+@register_method
 class FedAvg(LocalSGD):
     name = "fedavg"
     doc = "FedAvg: E local epochs of SGD, example-weighted average"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fedsim.method import Upload, register
+from fedsim.method import Upload, register_method
 
 from .fedavg import ClientState, FedAvg, FedAvgParams, compressed, local_steps
 
@@ -20,7 +20,7 @@ class FedProxParams(FedAvgParams):
     mu: float = Field(0.01, ge=0, description="weight of the proximal term (0: FedAvg)")
 
 
-@register
+@register_method
 class FedProx(FedAvg):
     name = "fedprox"
     doc = "FedProx: FedAvg's local steps on f_i + (mu/2)||w - x||^2"

@@ -36,7 +36,7 @@ from fedsim.method import (
     Received,
     Supports,
     Upload,
-    register,
+    register_method,
 )
 from fedsim.problems import client_constants
 from fedsim.seeding import derive_seed, shared_coordinates
@@ -138,7 +138,7 @@ def start_of_round(p: ProxSkipParams, down: Received, c: ClientState) -> Tensor:
 THEORY = {"client_lr": "1/L", "p": "1/sqrt(kappa)", "q": "theory"}
 
 
-@register
+@register_method
 class ProxSkip(FederatedMethod[ProxSkipParams, ClientState, ServerState]):
     name = "proxskip"
     doc = "ProxSkip / Scaffnew: K ~ Geom(p) local steps, control variates"
@@ -249,13 +249,13 @@ class ProxSkip(FederatedMethod[ProxSkipParams, ClientState, ServerState]):
         return scenario.model_copy(update={"algorithm": a.model_copy(update=update)})
 
 
-@register
+@register_method
 class GradSkip(ProxSkip):
     name = "gradskip"
     doc = "GradSkip: ProxSkip where client i stops computing w.p. 1 - q_i"
 
 
-@register
+@register_method
 class GradSkipPlus(ProxSkip):
     name = "gradskip_plus"
     doc = "GradSkip+: rand-k compression operators for both coins, general prox"

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fedsim.method import Downlink, FederatedMethod, Params, Supports, Upload, register
+from fedsim.method import Downlink, FederatedMethod, Params, Supports, Upload, register_method
 
 CONTROL, CONTROL_DELTA = "c", "dc"  # side arrays: c down, dc up
 
@@ -42,7 +42,7 @@ class ClientState:
     c: Tensor  # c_i
 
 
-@register
+@register_method
 class Scaffold(FederatedMethod[ScaffoldParams, ClientState, ServerState]):
     name = "scaffold"
     doc = "SCAFFOLD: local steps corrected by control variates c - c_i"

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fedsim.method import Downlink, Upload, register
+from fedsim.method import Downlink, Upload, register_method
 
 from .fedavg import LocalSGD, LocalSGDParams, compressed, local_steps, sgd
 
@@ -63,7 +63,7 @@ class ClientState:
     e: Tensor | None = None  # the error-feedback memory
 
 
-@register
+@register_method
 class ScaledLocalSGD(LocalSGD):
     name = "scaled_sgd"
     doc = "Local SGD with scaling: Adam/RMSProp/OASIS preconditioner fixed between syncs"

@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fedsim.codecs import roundtrip, with_feedback
-from fedsim.method import Downlink, FederatedMethod, Params, Received, Upload, register
+from fedsim.method import Downlink, FederatedMethod, Params, Received, Upload, register_method
 
 STEP_ROUND, STEP_LR, WEIGHT_DECAY = "step-round", "step-lr", "wd"
 
@@ -146,7 +146,7 @@ class ClientHeldModel(FederatedMethod):
         return replace(s, x=x, step=w, lr=lr, weight_decay=wd, applied=rnd, holders=agg.used, **kw)
 
 
-@register
+@register_method
 class SignSGD(ClientHeldModel):
     name = "signsgd_mv"
     doc = "signSGD: 1-bit gradients, majority vote"
@@ -169,14 +169,14 @@ class SignSGD(ClientHeldModel):
         return self.applied(p, s, vote(agg.vector), lr, p.weight_decay, agg, rnd)
 
 
-@register
+@register_method
 class Signum(SignSGD):
     name = "signum_mv"
     doc = "Signum: 1-bit momenta, majority vote"
     params = SignumParams
 
 
-@register
+@register_method
 class EFSignSGD(ClientHeldModel):
     name = "ef_signsgd"
     doc = "EF-SignSGD: scaled signs with error feedback"

@@ -12,7 +12,7 @@ from huggingface_hub import try_to_load_from_cache
 from pydantic import Field
 
 from fedsim.encoders import model_path
-from fedsim.method import Method, Params, Supports, register
+from fedsim.method import Method, Params, Supports, register_method
 
 TINY = "tiny-bert"  # a small BERT initialised from the seed, with the task's own vocabulary
 TEXT = ("sentences", "text_tsv")  # the datasets whose examples are word ids into a vocabulary
@@ -65,7 +65,7 @@ def loadable(backbone: str) -> bool:
         return False
 
 
-@register
+@register_method
 class SplitLoRA(Method):
     name = "split_lora"
     doc = "label-private split LoRA: P3EFT, head-only, vanilla split LoRA, distance correlation"

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 from torch.linalg import vecdot
+from torch.nn.modules.batchnorm import _BatchNorm
 
 LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm)  # the layers with parameters DP-SGD clips here
 
@@ -33,12 +34,24 @@ def trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters(recurse=False))
 
 
+def mixes_examples(module: nn.Module) -> bool:
+    """Whether the module itself makes an example's output or state depend on other examples
+    (BatchNorm's batch statistics, running statistics in float buffers)."""
+    own = module.buffers(recurse=False)
+    return isinstance(module, _BatchNorm) or any(b.is_floating_point() for b in own)
+
+
 def unsupported(model: nn.Module) -> str | None:
     """Why this model's per-example gradients cannot be clipped here (None: they can)."""
     for name, module in model.named_modules():
+        kind = type(module).__name__
+        if mixes_examples(module):
+            return (
+                f"layer {name!r} is a {kind}: its batch and running statistics mix examples,"
+                " which per-example clipping cannot bound (use GroupNorm)"
+            )
         if not trains(module):
             continue
-        kind = type(module).__name__
         if not isinstance(module, LAYERS):
             return f"layer {name!r} is a {kind} (DP-SGD clips Linear, Conv2d and GroupNorm layers)"
         if isinstance(module, nn.Conv2d) and (

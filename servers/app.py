@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
+from socket import gethostname
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -30,7 +31,9 @@ app = ServerApp()
 
 def scenario_from_run_config(run_config: dict) -> Scenario:
     if run_config.get("scenario-json"):  # "" (pyproject's default) means unset
-        return parse_scenario_json(str(run_config["scenario-json"]))
+        return parse_scenario_json(
+            str(run_config["scenario-json"]), f"the ServerApp's host {gethostname()!r}"
+        )
     return load_scenario(str(run_config["scenario"]))
 
 

@@ -371,6 +371,8 @@ def finish(fed: Federation, out_dir, writer: MetricsWriter, spent: float | None 
     final = rows[-1].get("epsilon", 0.0) if rows else 0.0
     participation = spent if reported(s) else None
     extra = {"privacy": metadata(s, final, participation)}
+    if s.model.buffers == "local":  # FedBN's known limitation, said where results are read
+        extra["eval_buffers"] = "initial (model.buffers = 'local': each client keeps its own)"
     if rows and rows[-1].get("diverged"):
         extra["diverged_at"] = rows[-1]["round"]
         print(

@@ -7,19 +7,21 @@ import torch
 
 from fedsim.config import Scenario
 from fedsim.data import load_dataset
-from fedsim.models import bind, build_model, loss_fn, predict
+from fedsim.models import bind, build_model, flat_params, loss_fn, predict
 from fedsim.problems import known_optimum
 
 
 class Evaluator:
-    """Loss and accuracy of a flat parameter vector on the test split."""
+    """Loss and accuracy of a flat model vector on the test split, in eval mode (BatchNorm
+    normalises with the vector's running statistics; under `model.buffers = "local"` with the
+    model's initial ones, as the server has none of its own)."""
 
     def __init__(self, scenario: Scenario) -> None:
         ds = load_dataset(scenario.data, scenario.seed)
         dev = torch.device(scenario.device)
         self.model = build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, scenario.seed)
-        self.model.to(dev)
-        self.x0 = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().cpu()
+        self.model.to(dev).eval()
+        self.x0 = flat_params(self.model).cpu()
         self.inputs = torch.as_tensor(ds.x_test, device=dev)
         self.targets = torch.as_tensor(ds.y_test, device=dev)
         self.loss = loss_fn(ds.num_classes)

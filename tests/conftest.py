@@ -40,6 +40,8 @@ def small_scenario(**over: object):
         "model": {"name": "mlp", "hidden": [32]},
         "algorithm": {"name": "fedavg", "local_epochs": 1, "batch_size": 16, "client_lr": 0.2},
     }
+    if over.get("model__name", "mlp") != "mlp":
+        raw["model"] = {}  # `hidden` is the mlp's option
     for key, value in over.items():
         node = raw
         *parents, leaf = key.split("__")

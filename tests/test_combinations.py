@@ -14,18 +14,19 @@ from fedsim.checkpoint import load_checkpoint
 from fedsim.cli import main
 from fedsim.clients.app import STATE, STATE_VALUES, committed
 from fedsim.codecs import pack
-from fedsim.config import ScenarioError, load_scenario
+from fedsim.config import ScenarioError, load_plugins, load_scenario
 from fedsim.method import METHODS, FederatedMethod
 from fedsim.methods.fedavg import FedAvg
 from fedsim.methods.scaled_sgd import ClientState
-from fedsim.registry import Entry, load_plugins
+from fedsim.registry import Entry
 from fedsim.results import read_metrics, read_summary
 from fedsim.runtime import launch
 from fedsim.servers.evaluate import Evaluator
 
 from .conftest import REPO, small_scenario
 
-load_plugins()
+DEMO = str(REPO / "tests" / "plugins" / "demo_plugins")  # FedAvgM and FedAdam, a plug-in's
+load_plugins([DEMO])
 FEDERATED = sorted(e.name for e in METHODS if isinstance(e.obj, FederatedMethod))
 POLICIES = {
     "wait_all": {},
@@ -47,6 +48,8 @@ SETTINGS = {  # a few steps of each method on the tiny problem
     "signsgd_mv": {"server_lr": 0.01},
     "signum_mv": {"server_lr": 0.01},
     "ef_signsgd": {"client_lr": 0.05},
+    "fedavgm": {"local_epochs": 1, "batch_size": 8, "beta": 0.5},
+    "fedadam": {"local_epochs": 1, "batch_size": 8, "server_lr": 0.05},
 }
 
 
@@ -69,6 +72,7 @@ def tiny(method: str, policy: str, mechanism: str, aggregation: str, **over) -> 
         "algorithm": {"name": method, "aggregation": aggregation, **SETTINGS[method]},
         "system": {"policy": policy, **POLICIES[policy], "speed": [50.0, 100, 200, 400, 800]},
         "privacy": {"mechanism": mechanism, **privacy},
+        "plugins": [DEMO] if METHODS.entry(method).origin else [],
         **over,
     }
 
@@ -213,7 +217,7 @@ def test_defect_4_a_model_the_data_cannot_feed_is_refused(tmp_path, capsys):
     err = cli_refuses(
         tmp_path,
         capsys,
-        'model.name="cnn"',
+        'model={name="cnn"}',  # quickstart's `hidden` is the mlp's
         'data.dataset="synthetic"',
         'data.partitioner="natural"',
     )

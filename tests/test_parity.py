@@ -18,7 +18,7 @@ from fedsim.deploy import free_port
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 
-from .conftest import small_scenario
+from .conftest import REPO, small_scenario
 
 
 @pytest.mark.slow
@@ -160,3 +160,26 @@ def test_simulation_attaches_to_a_running_ray_cluster(ray_head, tmp_path):
         atol=1e-6,
     )
     assert drivers() > before  # the run was a driver of that cluster, not of a Ray of its own
+
+
+@pytest.mark.slow
+def test_a_plugin_reaches_the_workers_of_an_attached_cluster(ray_head, tmp_path):
+    """Ray workers started apart (another working directory, nothing of the plug-in on their
+    path) import the plug-in package from the source the run carries."""
+    demo = REPO / "tests" / "plugins"
+    base = {"data__num_clients": 2, "rounds": 2}
+    launch(plugin_scenario(demo / "demo.toml", **base), tmp_path / "inprocess")
+    cluster = dict(runtime="simulation", simulation__address=ray_head[0])
+    launch(plugin_scenario(demo / "demo.toml", **base, **cluster), tmp_path / "cluster")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "inprocess/final_model.npy"),
+        np.load(tmp_path / "cluster/final_model.npy"),
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+def plugin_scenario(path: Path, **over):
+    from fedsim.config import load_scenario
+
+    return load_scenario(path, values={k.replace("__", "."): v for k, v in over.items()})

@@ -129,11 +129,12 @@ def test_a_cohort_of_private_clients_is_each_client_alone(kind):
 
 def test_a_layer_it_cannot_clip_is_refused_at_load(monkeypatch):
     from fedsim.models import MODELS as REGISTRY
+    from fedsim.models import register_model
 
     monkeypatch.setattr(REGISTRY, "_entries", dict(REGISTRY._entries))  # restored afterwards
 
-    @REGISTRY("normed", "a Linear, a LayerNorm and a Linear")
-    def normed(cfg, in_features, classes):
+    @register_model("normed", doc="a Linear, a LayerNorm and a Linear")
+    def normed(options, in_features, classes):
         return nn.Sequential(nn.Linear(in_features, 8), nn.LayerNorm(8), nn.Linear(8, classes))
 
     dp = {"mechanism": "dp_sgd", "noise_multiplier": 1.0}

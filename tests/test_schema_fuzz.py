@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsim.cli import main
+from fedsim.config import load_plugins
 from fedsim.method import METHODS
-from fedsim.registry import load_plugins
 from fedsim.results import METRICS, MODEL, SUMMARY, read_metrics
 
 from .conftest import without_wall_clock
