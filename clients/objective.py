@@ -29,8 +29,6 @@ import copy
 import json
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property, lru_cache
 from socket import gethostname
@@ -61,6 +59,7 @@ from fedsim.models import (
 from fedsim.plugins import Plugin, activate
 from fedsim.privacy.clipping import PrivateGradients
 from fedsim.privacy.mechanisms import poisson_batches
+from fedsim.runtime.threads import pool, single_threaded_ops
 
 
 @dataclass(frozen=True)
@@ -354,7 +353,7 @@ class Cohort:
                 value[c] = fn(c, model, bind(model, self.x[c], self.own(c)))
 
         with single_threaded_ops():
-            list(_pool(workers).map(share, range(workers)))
+            list(pool(workers).map(share, range(workers)))
         return value
 
     def _client_grad(
@@ -450,22 +449,6 @@ def say_no_vmap() -> None:
         " through the model, not as one vmap (it cannot update the statistics in place)",
         file=sys.stderr,
     )
-
-
-@lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="fedsim-client")
-
-
-@contextmanager
-def single_threaded_ops():
-    """Each worker's ops on one thread while the workers run (torch's setting is global)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def losses(data: list[float], reg: list[float], flags: list[bool]) -> Tensor:

@@ -1,6 +1,7 @@
 """fedsim: federated and split learning simulation on Flower.
 
-The Python API (fedsim/api.py): `fedsim.run`, `fedsim.resume`, `fedsim.sweep`.
+The Python API (fedsim/api.py): `fedsim.run`, `fedsim.resume`, `fedsim.sweep`, and
+`fedsim.run_flower_app` for any Flower App (fedsim/flower_apps.py).
 The extension API, for plug-ins (docs/extending.md): `register_model`, `register_dataset`,
 `register_method`, and the method contract's types (`FederatedMethod`, `Params`,
 `Supports`, `Downlink`, `Received`, `Upload`, `Aggregate`, `Oracle`) and `ArrayData`.
@@ -37,12 +38,15 @@ _FROM = {  # public name -> the module that defines it
     "register_model": "fedsim.models",
     "register_dataset": "fedsim.data.registration",
     "ArrayData": "fedsim.data.arrays",
+    "FlowerRun": "fedsim.flower_apps",
+    "run_flower_app": "fedsim.flower_apps",
 }
 __all__ = [
     "Aggregate",
     "ArrayData",
     "Downlink",
     "FederatedMethod",
+    "FlowerRun",
     "Oracle",
     "Params",
     "Received",
@@ -57,6 +61,7 @@ __all__ = [
     "register_model",
     "resume",
     "run",
+    "run_flower_app",
     "sweep",
 ]
 
@@ -64,6 +69,7 @@ if TYPE_CHECKING:
     from fedsim.api import RunFailed, RunResult, ScenarioError, SweepResult, resume, run, sweep
     from fedsim.data.arrays import ArrayData
     from fedsim.data.registration import register_dataset
+    from fedsim.flower_apps import FlowerRun, run_flower_app
     from fedsim.method import (
         Aggregate,
         Downlink,

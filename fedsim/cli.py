@@ -1,4 +1,4 @@
-"""`fedsim run | sweep | report | plot | list | deploy | supernode`.
+"""`fedsim run | sweep | report | plot | list | flower run | deploy | supernode`.
 
 Bad input exits with code 2 and one line naming the key, the value and what is
 allowed, before any run directory exists.
@@ -133,6 +133,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flower(args: argparse.Namespace) -> int:
+    from fedsim.flower_apps import run_flower_app
+
+    result = run_flower_app(
+        args.app_dir,
+        args.run_config,
+        federation_config=args.federation_config,
+        system=args.system,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    for row in result.exchanges:
+        print(json.dumps(row))
+    clock = f", simulated clock {result.sim_time_s:.2f} s" if args.system else ""
+    print(
+        f"{args.app_dir}: {result.num_supernodes} SuperNodes, {result.wall_s:.2f} s{clock};"
+        f" ServerApp state: {sorted(result.context.state.keys())}"
+    )
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from fedsim import deploy
 
@@ -251,6 +272,23 @@ def parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="registered algorithms, datasets, models, codecs")
     listing.add_argument("--plugin", action="append", metavar="MODULE_OR_PATH", help="list it too")
     listing.set_defaults(fn=cmd_list)
+    flower = sub.add_parser("flower", help="run any Flower App on fedsim's in-process engine")
+    flower_acts = flower.add_subparsers(dest="action", required=True)
+    frun = flower_acts.add_parser(
+        "run",
+        help="a Flower App folder, as `flwr run APP` on Flower's Simulation Engine (no Ray)",
+    )
+    frun.add_argument("app_dir", help="the app's folder (its pyproject.toml names the apps)")
+    frun.add_argument("--run-config", help='overrides, as flwr run: "lr=0.1 epochs=2" or a .toml')
+    frun.add_argument(
+        "--federation-config", help='"num-supernodes=N" (default: the app\'s, else 10)'
+    )
+    frun.add_argument("--system", metavar="TOML", help="fedsim [system] profiles for the nodes")
+    frun.add_argument("--seed", type=int, default=0, help="seeds the run's generators")
+    frun.add_argument(
+        "--workers", type=int, default=1, help="threads answering an exchange's messages"
+    )
+    frun.set_defaults(fn=cmd_flower)
     dep = sub.add_parser("deploy", help="a Flower deployment: SuperLink, SuperNodes, keys")
     acts = dep.add_subparsers(dest="action", required=True)
     up = acts.add_parser("up", help="a SuperLink and N SuperNodes on this machine")

@@ -203,6 +203,11 @@ def load_scenario(
         raw = json.loads(json.dumps(source))  # a deep copy we may edit
     else:
         path = Path(source)
+        if (path / "pyproject.toml").is_file():
+            raise ScenarioError(
+                f"scenario: {str(source)!r} is a folder with a pyproject.toml; a Flower App"
+                f" runs with `fedsim flower run {source}`"
+            )
         if not path.is_file():
             raise ScenarioError(f"scenario: {str(source)!r} is not a file")
         try:

@@ -110,3 +110,9 @@ def test_the_notebook_example_runs(tmp_path):
     assert "refused: scenario.data.alpha: -1.0 is invalid" in done.stdout
     assert (tmp_path / "runs" / "notebook" / "lr" / "report.html").is_file()
     assert (tmp_path / "runs" / "notebook" / "fedprox" / "summary.json").is_file()
+
+
+def test_every_public_name_resolves():
+    for name in fedsim.__all__:
+        assert getattr(fedsim, name) is not None, name
+    assert set(fedsim.__all__) == set(fedsim._FROM)

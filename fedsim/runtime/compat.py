@@ -4,6 +4,8 @@
   src_node_id; Flower's own runtimes set it before running a ServerApp.
 - `_run_simulation`: the Simulation Engine entry that accepts the ServerApp's
   Context, so the ServerApp gets its run_config as under `flwr run`.
+- `get_fused_config_from_dir`, `parse_config_args`: a Flower App's run config as Flower
+  builds it (fedsim/flower_apps.py).
 - `pull_objects`, as the deployment Grid, the SuperNode and the ClientApp runtime import it:
   `short_object_pulls` shortens its retry wait.
 Supported Flower range: pyproject.toml pins flwr>=1.41,<1.43 (SUPPORTED below).
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import uuid
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import flwr.superlink.grid.http_grid as http_grid
 import flwr.supernode.runtime.run_clientapp as run_clientapp
 import flwr.supernode.start_client_internal as supernode
 from flwr.app import Context, Message
+from flwr.common.config import get_fused_config_from_dir
+from flwr.common.config import parse_config_args as flower_parse_config_args
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.task_identity import TaskIdentity
@@ -57,6 +62,18 @@ def run_simulation(
         server_app_context=context,
     )
     return result.context
+
+
+def app_run_config(app_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A Flower App's run config: its pyproject's [tool.flwr.app.config] fused with the
+    overrides, by Flower's own function (an unknown key is a ValueError naming it)."""
+    return dict(get_fused_config_from_dir(Path(app_dir), overrides))
+
+
+def parse_config_args(text: str) -> dict[str, Any]:
+    """`flwr run`'s `--run-config "k=v k2='s'"` (or a .toml file) as a flat dict, by Flower's
+    own parser."""
+    return flower_parse_config_args([text])
 
 
 def short_object_pulls() -> None:

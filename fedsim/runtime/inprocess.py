@@ -11,8 +11,10 @@ would, many clients at a time.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from traceback import format_exc
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -21,7 +23,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from . import compat
+from .threads import pool, single_threaded_ops
 
+log = logging.getLogger("fedsim")
 NODE_ID_BASE = 1 << 20  # virtual node ids: NODE_ID_BASE + partition id
 
 
@@ -63,9 +67,9 @@ class Contexts(dict):
     """Each virtual node's persistent Context, made the first time the node is reached: a
     population of millions costs memory only for the clients sampled."""
 
-    def __init__(self, run_id: int, num_nodes: int) -> None:
+    def __init__(self, run_id: int, num_nodes: int, run_config: dict) -> None:
         super().__init__()
-        self.run_id, self.num_nodes = run_id, num_nodes
+        self.run_id, self.num_nodes, self.run_config = run_id, num_nodes, run_config
 
     def __missing__(self, node: int) -> Context:
         pid = node - NODE_ID_BASE
@@ -76,7 +80,7 @@ class Contexts(dict):
             node_id=node,
             node_config={"partition-id": pid, "num-partitions": self.num_nodes},
             state=RecordDict(),
-            run_config={},
+            run_config=dict(self.run_config),
         )
         self[node] = context
         return context
@@ -90,7 +94,10 @@ class Contexts(dict):
 
 class InProcessGrid(Grid):
     """A Grid over `num_nodes` virtual SuperNodes that run `client_app` in this process;
-    `cohort(messages, contexts, chunk)`, if given, answers train messages in batches."""
+    `cohort(messages, contexts, chunk)`, if given, answers train messages in batches;
+    `workers` > 1 runs the messages of one exchange on that many threads (replies still in
+    the order of the messages). `run_config` is every node's Context's, as a SuperNode's;
+    `report_errors` logs a raising ClientApp's traceback (fedsim's own apps send theirs)."""
 
     def __init__(
         self,
@@ -99,13 +106,17 @@ class InProcessGrid(Grid):
         run_id: int | None = None,
         cohort: Callable[..., Iterator[Message]] | None = None,
         chunk: int = 1,
+        workers: int = 1,
+        run_config: dict | None = None,
+        report_errors: bool = False,
     ) -> None:
         self.client_app, self.cohort, self.chunk = client_app, cohort, chunk
+        self.workers, self.report_errors = workers, report_errors
         run_id = random.getrandbits(63) if run_id is None else run_id
         self._run = Run.create_empty(run_id)
         compat.set_server_identity(run_id)
         self.num_nodes = num_nodes
-        self.contexts = Contexts(run_id, num_nodes)
+        self.contexts = Contexts(run_id, num_nodes, run_config or {})
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
@@ -158,6 +169,10 @@ class InProcessGrid(Grid):
                 compat.assign_message_id(reply)
                 yield reply
             return
+        if self.workers > 1 and len(messages) > 1:
+            with single_threaded_ops():
+                yield from pool(self.workers).map(self._deliver, messages)
+            return
         for msg in messages:
             yield self._deliver(msg)
 
@@ -171,6 +186,8 @@ class InProcessGrid(Grid):
                 reply = self.client_app(msg, context)
             except Exception as e:  # a failing client is data for the strategy, not a crash
                 reason = f"{type(e).__name__}: {e}"
+                if self.report_errors:  # as Flower's engine logs a ClientApp's exception
+                    log.error("ClientApp of node %s raised:\n%s", context.node_id, format_exc())
                 reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
         compat.assign_message_id(reply)
         return reply

@@ -1,0 +1,1 @@
+"""query-state: a Flower App of train and query messages and state kept across rounds."""
