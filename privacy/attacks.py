@@ -3,11 +3,14 @@ per-sample activations or gradients into a score, and the leak of a score is
 max(AUC, 1 - AUC) against the binary labels (0.5: nothing leaks, 1: everything). Besides
 the per-message attacks, a host can combine its messages: the shards of one call (pairing,
 span) and the activations of adapter weights it holds (differences between adapter sets,
-between consecutive updates); servers/split.py's HostViews runs them on each host's view."""
+between consecutive updates, the adapter's own contribution); servers/host_views.py runs
+them on each host's view, each also on held-out inputs and on frozen features (`measured`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import permutations
+from typing import Any
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -45,6 +48,33 @@ def spectral_attack(h: np.ndarray) -> np.ndarray:
     centred = flat - flat.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return centred @ vt[0]
+
+
+def drift_attack(v: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Spectral scores signed without labels: the larger of two k-means clusters of them is
+    taken for the majority class and scores low, so a high score guesses the minority class
+    (used on an adapter's contribution forward(x, theta) - forward(x, theta_0))."""
+    scores = spectral_attack(v)
+    if np.ptp(scores) == 0:  # the adapter adds nothing (B = 0): nothing to orient
+        return scores
+    found = KMeans(2, n_init=10, random_state=seed).fit_predict(scores[:, None])
+    major = int(np.sum(found == 1) > np.sum(found == 0))
+    if scores[found == major].mean() > scores[found != major].mean():
+        scores = -scores
+    return scores
+
+
+def measured(
+    attack: Callable[[Any, np.ndarray], float],
+    train: tuple[Any, np.ndarray],
+    heldout: tuple[Any, np.ndarray],
+    floor: tuple[Any, np.ndarray],
+) -> dict[str, float]:
+    """One attack, (view, labels) -> leak, three ways: on the view of the training examples,
+    on the same view of held-out inputs, and on frozen features of the training inputs. A
+    train value above the held-out one is what the view tells of these examples' labels
+    beyond what it predicts of any input; held-out above floor is the task it has learnt."""
+    return {"train": attack(*train), "heldout": attack(*heldout), "floor": attack(*floor)}
 
 
 def kmeans_accuracy(v: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:

@@ -50,7 +50,7 @@ from fedsim.results import MetricsWriter, summarize
 from fedsim.seeding import derive_seed, torch_generator
 
 from .driver import payload_bytes
-from .host_views import Call, HostViews, snapshot
+from .host_views import ATTACK_KEYS, Call, HostViews, snapshot
 from .nodes import discover_partitions
 from .rows import Row
 
@@ -213,14 +213,20 @@ class LabelParty:
             return [g], torch.ones(1)
         return private_shards(g, self.p.shards, self.gen, self.p.noise_scale)
 
-    def evaluate(self, hosts: Hosts, x: dict, y: Tensor, chunk: int = 512) -> dict[str, float]:
-        """Test loss and accuracy (the hosts see these inputs too, but no labels or gradients)."""
+    def evaluate(
+        self, hosts: Hosts, x: dict, y: Tensor, views: HostViews, t: int, chunk: int = 512
+    ) -> dict[str, float]:
+        """Test loss and accuracy at step t (the hosts see these inputs and the current
+        weights too, recorded in their views, but no labels or gradients)."""
         loss = correct = 0.0
+        sent = [snapshot(theta) for theta in self.thetas]
         with torch.no_grad():
             for s in range(0, len(y), chunk):
                 xb = trimmed({k: v[s : s + chunk] for k, v in x.items()})
-                hs, _ = hosts.forward(0, xb, self.thetas)
+                hs, nodes = hosts.forward(0, xb, self.thetas)
                 yb = y[s : s + chunk]
+                for i, (h, node) in enumerate(zip(hs, nodes, strict=True)):
+                    views.add(node, Call(t, "eval", i, xb, sent[i], h.numpy(), yb.numpy()))
                 logits = self.head(self.features(hs))
                 loss += float(label_loss(logits, yb)) * len(yb)
                 correct += float((self.predict(logits) == yb).sum())
@@ -263,10 +269,11 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         losses.append(party.step(hosts, t, xb, trained[idx], views, y_train[idx]))
         if t % p.leak_every and t != scenario.rounds:
             continue
+        evaluation = party.evaluate(hosts, x_test, y_test, views, t)  # before the views' scoring
         row = Row(
             round=t,
             train_loss=float(np.mean(losses)),
-            eval=party.evaluate(hosts, x_test, y_test),
+            eval=evaluation,
             extra=views.leak(),
             bytes_up=hosts.bytes_up,
             bytes_down=hosts.bytes_down,
@@ -278,7 +285,7 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         hosts.bytes_up = hosts.bytes_down = hosts.calls = 0
         losses.clear()
         writer.append(row.to_dict())
-    attacks = sorted({k for r in writer.rows for k in r if k.startswith(("leak", "kmeans"))})
+    attacks = sorted({k for r in writer.rows for k in r if k.startswith(ATTACK_KEYS)})
     worst = {k: max(r.get(k, 0.0) for r in writer.rows) for k in attacks}
     if p.label_epsilon is not None:  # the mechanism that ran, and how many labels it moved
         worst |= {

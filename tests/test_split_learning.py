@@ -191,6 +191,12 @@ def test_every_attack_on_vanilla_two_party_and_multi_party_p3eft(tmp_path, metho
     launch(s, tmp_path / "run")
     run = read_summary(tmp_path / "run")
     assert run["final"]["eval_accuracy"] > 0.85  # above the 75% of always-negative
+    if method == "vanilla" or hosts > 1:  # (two-party's drift is not measured yet)
+        # the adapters' contribution reads the labels they learnt, held-out inputs too,
+        # while frozen features read almost nothing (docs/p3eft)
+        for name in ("leak_drift_spectral", "leak_drift_first_spectral"):
+            assert run[name] > 0.9 and run["heldout_" + name] > 0.85, name
+            assert run["floor_" + name] < 0.6, name
     if method == "vanilla":
         assert run["leak_grad_norm"] > 0.9 and run["leak_grad_spectral"] > 0.9
         assert run["leak_act_spectral"] > 0.9 and run["leak_update_spectral"] > 0.85
