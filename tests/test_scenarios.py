@@ -58,13 +58,21 @@ def write_sweep(sweep, rows, eps=None):
     (sweep / "sweep.csv").write_text("\n".join(lines) + "\n")
 
 
+P3EFT_LEAKS = {  # a run with the drift attack and the held-out measure
+    "leak_update_spectral": 0.81,
+    "leak_actdiff_probe": 0.6,
+    "leak_drift_spectral": 0.8,
+    "heldout_leak": 0.78,
+}
+
+
 def test_the_p3eft_table_averages_accuracy_and_takes_each_attacks_worst(tmp_path):
     write_sweep(  # point, seed, method, hosts: accuracy, worst leak, per-attack keys
         tmp_path / "a",
         [
             (0, 0, "vanilla", 1, 0.80, {"leak_grad_norm": 0.99, "leak_act_norm": 0.70}),
             (0, 1, "vanilla", 1, 0.90, {"leak_grad_norm": 0.95, "kmeans_act": 0.75}),
-            (1, 0, "p3eft", 4, 0.85, {"leak_update_spectral": 0.81, "leak_actdiff_probe": 0.6}),
+            (1, 0, "p3eft", 4, 0.85, P3EFT_LEAKS),
             (1, 1, "p3eft", 4, None, {}),  # still pending: left out
         ],
     )
@@ -79,7 +87,9 @@ def test_the_p3eft_table_averages_accuracy_and_takes_each_attacks_worst(tmp_path
     assert "| vanilla | 85.0 / 99.0 | - |" in out  # mean accuracy, worst leak over seeds
     assert "| p3eft | - | 85.0 / 81.0 |" in out
     assert "| p3eft, label DP eps = 2 | - | 70.0 / 60.0 |" in out
-    assert "| vanilla | 2-class, two-party | 0.990 | 0.750 | - | - | - | - |" in out
-    assert "| p3eft | 2-class, multi-party | - | - | - | - | 0.600 | 0.810 |" in out
+    assert "| vanilla | 2-class, two-party | 0.990 | 0.750 | - | - | - | - | - |" in out
+    assert "| p3eft | 2-class, multi-party | - | - | - | - | 0.600 | 0.810 | 0.800 |" in out
+    assert "| p3eft | 2-class, multi-party | 0.810 | 0.780 | - |" in out  # train/held-out/floor
+    assert "| vanilla | 2-class, two-party | 0.990 |" not in out.split("frozen floor |")[1]
     assert "| vanilla | 2-class, two-party | 80.0 / 0.990 | 90.0 / 0.950 |" in out  # by seed
     assert "| p3eft, label DP eps = 2 | 2-class, multi-party | - | 70.0 / 0.600 |" in out

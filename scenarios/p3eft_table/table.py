@@ -1,6 +1,7 @@
 """The P3EFT table: final test accuracy and leak (the worst attack AUC over training, from
 each host's view) per method, task and setting, shaped like the paper's; then each family of
-attacks' worst value, and each seed's accuracy and worst leak, per method and setting.
+attacks' worst value, the worst on training inputs, held-out inputs and frozen features, and
+each seed's accuracy and worst leak, per method and setting.
 
 python scenarios/p3eft_table/table.py runs/sweeps/p3eft_table [MORE_SWEEP_DIRS ...]
 """
@@ -21,6 +22,12 @@ ATTACKS = {  # a family of attacks: the prefixes of its summary keys
     "span": ("leak_span_",),
     "set difference": ("leak_actdiff_",),
     "update difference": ("leak_update_",),
+    "adapter drift": ("leak_drift_",),
+}
+MEASURES = {  # the worst attack on: the training inputs, held-out inputs, frozen features
+    "training": "leak",
+    "held-out": "heldout_leak",
+    "frozen floor": "floor_leak",
 }
 
 
@@ -45,6 +52,7 @@ def order(method: str) -> tuple[int, str]:
 def main() -> None:
     cells: dict[tuple, dict[int, tuple[float, float]]] = defaultdict(dict)
     families: dict[tuple, dict[str, float]] = defaultdict(dict)
+    measures: dict[tuple, dict[str, float]] = defaultdict(dict)
     for sweep in sys.argv[1:]:
         for method, column, seed, s in runs(Path(sweep)):
             cells[(method, column)][seed] = (s["final"]["eval_accuracy"], s["leak"])
@@ -53,6 +61,10 @@ def main() -> None:
                 values = [v for k, v in s.items() if k.startswith(prefixes)]
                 if values:
                     worst[family] = max(worst.get(family, 0.0), *values)
+            for name, key in MEASURES.items():
+                if key in s:
+                    seen = measures[(method, column)]
+                    seen[name] = max(seen.get(name, 0.0), s[key])
     columns = sorted({c for _, c in cells})
     names = {c: f"{c[0]}-class, {'two' if c[1] == 1 else 'multi'}-party" for c in columns}
     methods = sorted({m for m, _ in cells}, key=order)
@@ -78,6 +90,16 @@ def main() -> None:
                 worst = families[(m, c)]
                 row = [f"{worst[a]:.3f}" if a in worst else "-" for a in ATTACKS]
                 print(f"| {m} | {names[c]} | " + " | ".join(row) + " |")
+    print("\n| method | setting | " + " | ".join(MEASURES) + " |")
+    print("|---|---|" + "---|" * len(MEASURES))
+    for m in methods:
+        for c in columns:
+            seen = measures.get((m, c), {})
+            if len(seen) > 1:  # runs from before the held-out and floor measures have one
+                row = [f"{seen[n]:.3f}" if n in seen else "-" for n in MEASURES]
+                print(f"| {m} | {names[c]} | " + " | ".join(row) + " |")
+    print("\nthe worst attack on the training inputs, on held-out inputs (what any holder of")
+    print("the adapters learns) and on frozen-backbone features (the floor)")
     seeds = sorted({s for by_seed in cells.values() for s in by_seed})
     print("\n| method | setting | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     print("|---|---|" + "---|" * len(seeds))
