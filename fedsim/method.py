@@ -42,7 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from fedsim.registry import RegistrationError, Registry
+from fedsim.registry import RegistrationError, Registry, first_line
 
 RUNTIMES = ("inprocess", "simulation", "deployment")
 MECHANISMS = ("dp_sgd", "dp_fedavg", "local")
@@ -245,7 +245,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     if state is not None and not dataclasses.is_dataclass(state):
         raise RegistrationError(f"{what}: client_state {state!r} is not a dataclass")
     if "doc" not in cls.__dict__:
-        cls.doc = ((cls.__doc__ or "").strip().splitlines() or [name])[0]
+        cls.doc = first_line(cls) or name
     METHODS.register(name, cls(), cls.doc)
     return cls
 

@@ -39,7 +39,7 @@ from pydantic import (
 from torch import nn
 
 from fedsim.data.base import PAD
-from fedsim.registry import RegistrationError, Registry, strict
+from fedsim.registry import RegistrationError, Registry, first_line, strict
 
 
 class NoOptions(BaseModel):
@@ -115,14 +115,10 @@ def register_model(
     def deco(build: Builder) -> Builder:
         if not callable(build):
             raise RegistrationError(f"model {name!r}: the builder is not callable")
-        MODELS.register(name, ModelSpec(build, options, example), doc or _first_line(build))
+        MODELS.register(name, ModelSpec(build, options, example), doc or first_line(build))
         return build
 
     return deco
-
-
-def _first_line(obj: Any) -> str:
-    return ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
 
 
 class ModelConfig(BaseModel):

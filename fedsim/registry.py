@@ -93,6 +93,11 @@ class Registry(Generic[T]):
         return iter(self._entries[n] for n in self.names())
 
 
+def first_line(obj: Any) -> str:
+    """The first line of an object's docstring ("" without one): a registered entry's doc."""
+    return ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
+
+
 def strict(options: Any, what: str) -> Any:
     """A plug-in's options model (a pydantic BaseModel class) that refuses unknown keys and
     non-finite numbers, so a misspelt key is an error, not a default silently used."""

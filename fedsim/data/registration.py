@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from fedsim.data.arrays import ArrayData, dataset_from_arrays
 from fedsim.data.base import DATASETS, Dataset, DatasetSpec, NoOptions
 from fedsim.data.config import DataConfig
-from fedsim.registry import RegistrationError, strict
+from fedsim.registry import RegistrationError, first_line, strict
 
 Loader = Callable[[Any, int], Any]
 
@@ -35,8 +35,7 @@ def register_dataset(
         def build(o: BaseModel, cfg: DataConfig, seed: int) -> Dataset:
             return as_dataset(load(o, seed), cfg, seed, getattr(o, "standardize", False), name)
 
-        first = ((load.__doc__ or "").strip().splitlines() or [""])[0]
-        DATASETS.register(name, DatasetSpec(options, build, natural), doc or first)
+        DATASETS.register(name, DatasetSpec(options, build, natural), doc or first_line(load))
         return load
 
     return deco
