@@ -70,7 +70,9 @@ class PrivacyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    mechanism: Literal["none", "dp_sgd", "dp_fedavg", "local"] = "none"
+    mechanism: Literal["none", "dp_sgd", "dp_fedavg", "local"] = Field(
+        "none", description="no DP, or one of the mechanisms above"
+    )
     epsilon: float | None = Field(
         None, gt=0, allow_inf_nan=True, description="target epsilon (inf: no noise)"
     )
@@ -78,8 +80,10 @@ class PrivacyConfig(BaseModel):
         None, ge=0, description="sigma (noise std / C); when both are set, the one used"
     )
     max_grad_norm: float = Field(1.0, gt=0, description="C: the clipping norm")
-    delta: float = Field(1e-5, gt=0, lt=1)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta of (epsilon, delta)-DP")
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="Opacus's accountant that turns the noise into epsilon: RDP or PRV"
+    )
     epsilon_report: Literal["every_round", "participation"] | None = Field(
         None,
         description="dp_sgd and local: the rows' epsilon as if the most exposed client took"
@@ -113,9 +117,13 @@ class SimulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
-    address: str | None = Field(None, min_length=1)
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores Ray reserves for each ClientApp")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs (a fraction shares one) per ClientApp")
+    address: str | None = Field(
+        None,
+        min_length=1,
+        description="a running Ray cluster: 'auto' or the head's HOST:PORT (unset: a local Ray)",
+    )
 
 
 class Scenario(BaseModel):
@@ -123,21 +131,32 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = "scenario"
+    name: str = Field(
+        "scenario", description="names the run: its default directory runs/NAME-TIMESTAMP"
+    )
     plugins: list[Plugin] = Field(
         default_factory=list,
-        description="modules, .py files or package folders imported first (fedsim/plugins.py)",
+        description="module names, .py files or package folders (relative to the scenario file)"
+        " imported before the rest is read (fedsim/plugins.py); a run records them as tables",
     )
-    seed: int = Field(0, ge=0)
-    rounds: int = Field(10, ge=1)
-    runtime: Literal["inprocess", "simulation", "deployment"] = "inprocess"
+    seed: int = Field(
+        0, ge=0, description="every random draw of the run derives from it (data, model, clients)"
+    )
+    rounds: int = Field(
+        10, ge=1, description="federated rounds (under system.policy 'fedbuff': server updates)"
+    )
+    runtime: Literal["inprocess", "simulation", "deployment"] = Field(
+        "inprocess",
+        description="fedsim's in-process engine, Flower's Simulation Engine (Ray), or a Flower"
+        " deployment (a SuperLink and SuperNodes)",
+    )
     execution: Literal["auto", "vectorized", "sequential"] = Field(
         "auto", description="in-process: a round's clients as batched cohorts, or one by one"
     )
     cohort_memory_gb: float | None = Field(
         None, gt=0, description="memory a batched cohort may use (default: RAM/4, free GPU/2)"
     )
-    device: str = "cpu"
+    device: str = Field("cpu", description="where models train: 'cpu', 'cuda' or 'cuda:N'")
     checkpoint_every: int = Field(10, ge=0, description="rounds between checkpoints (0: none)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -32,11 +32,13 @@ class Dist(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dist: Literal["lognormal", "uniform"]
+    dist: Literal["lognormal", "uniform"] = Field(
+        description="lognormal: median * exp(sigma * N(0, 1)); uniform: between low and high"
+    )
     median: float = Field(1.0, gt=0, description="lognormal median")
     sigma: float = Field(0.0, ge=0, description="lognormal shape")
-    low: float = Field(1.0, gt=0)
-    high: float = Field(1.0, gt=0)
+    low: float = Field(1.0, gt=0, description="uniform: the lower end")
+    high: float = Field(1.0, gt=0, description="uniform: the upper end (at least low)")
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.dist == "lognormal":
@@ -70,7 +72,11 @@ class Availability(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    kind: Literal["always", "bernoulli", "markov", "trace"] = "always"
+    kind: Literal["always", "bernoulli", "markov", "trace"] = Field(
+        "always",
+        description="every client always; a coin per client and round (p); an on/off Markov"
+        " chain per client (p_off, p_on); or time windows read from a trace file",
+    )
     p: float = Field(1.0, gt=0, le=1, description="bernoulli: chance to be available")
     p_off: float = Field(0.1, ge=0, le=1, description="markov: on -> off per round")
     p_on: float = Field(0.5, ge=0, le=1, description="markov: off -> on per round")
@@ -152,7 +158,11 @@ class SystemConfig(BaseModel):
     availability: Availability = Field(default_factory=Availability)
     failures: Failures = Field(default_factory=Failures)
     adversaries: Adversaries = Field(default_factory=Adversaries)
-    policy: Literal["wait_all", "deadline", "overcommit", "fedbuff"] = "wait_all"
+    policy: Literal["wait_all", "deadline", "overcommit", "fedbuff"] = Field(
+        "wait_all",
+        description="wait for every reply; drop replies after deadline_s; invite more clients"
+        " and keep the first k; or FedBuff: asynchronous, a server update every buffer_k replies",
+    )
     deadline_s: float = Field(
         math.inf, gt=0, allow_inf_nan=True, description="deadline policy: later replies drop"
     )

@@ -56,7 +56,7 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str
+    name: str = Field(description="the method; its own keys join these common ones")
     fraction: float = Field(1.0, gt=0, le=1, description="clients sampled per round")
     min_clients: int = Field(1, ge=1, description="lower bound on the sampled cohort")
     aggregation: Literal["mean", "median", "trimmed_mean"] = Field(

@@ -127,7 +127,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    name: Annotated[str, AfterValidator(MODELS.check)] = "mlp"
+    name: Annotated[str, AfterValidator(MODELS.check)] = Field(
+        "mlp", description="a registered model; its options are further keys of this table"
+    )
     buffers: Literal["average", "local"] = Field(
         "average",
         description="float buffers (BatchNorm's running statistics) travel with the parameters"

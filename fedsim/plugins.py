@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.registry import RegistrationError, load_builtins, registering_for
 
@@ -54,10 +54,14 @@ class Plugin(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    module: str
-    path: str | None = None  # the file or folder it was read from (None: installed)
-    sha256: str | None = None
-    files: dict[str, str] | None = None  # relative path -> source (a file plug-in)
+    module: str = Field(description="the module name it is imported as")
+    path: str | None = Field(
+        None, description="the file or folder it was read from (unset: an installed module)"
+    )
+    sha256: str | None = Field(None, description="hash of `files`, checked before they run")
+    files: dict[str, str] | None = Field(
+        None, description="its source files (relative path -> text): a file or folder travels"
+    )
 
 
 # ---------------------------------------------------------------- references -> Plugins

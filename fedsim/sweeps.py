@@ -60,9 +60,11 @@ class Axis(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    key: str | None = None
-    keys: list[str] | None = None
-    values: list[Any] = Field(min_length=1)
+    key: str | None = Field(None, description="a scenario key, dotted (e.g. data.alpha)")
+    keys: list[str] | None = Field(
+        None, description="several keys set together: each value is a list, an item per key"
+    )
+    values: list[Any] = Field(min_length=1, description="the axis's positions")
 
     @model_validator(mode="after")
     def _shape(self) -> Axis:
@@ -82,10 +84,12 @@ class Axis(BaseModel):
 
 
 class Target(BaseModel):
+    """Rounds-to-target: the report gives the first round at which `metric` reaches `value`."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    metric: str
-    value: float
+    metric: str = Field(description="a metric row's key, e.g. eval_accuracy")
+    value: float = Field(description="the value to reach")
     mode: str = Field("max", pattern="^(max|min)$", description="max: reach >= value")
 
 
@@ -94,13 +98,19 @@ class SweepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = "sweep"
-    base: str
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    runtime: str | None = None
+    name: str = Field("sweep", description="names the sweep: its default runs/sweeps/NAME")
+    base: str = Field(description="the base scenario's TOML file, relative to the sweep file")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="each point runs once per seed"
+    )
+    runtime: str | None = Field(None, description="every run's runtime (default: the base's)")
     target: Target | None = None
-    axes: list[Axis] = Field(default_factory=list)
-    tracking: TrackingConfig | None = None  # default: the base scenario's [tracking]
+    axes: list[Axis] = Field(
+        default_factory=list, description="crossed with each other: one run per point and seed"
+    )
+    tracking: TrackingConfig | None = Field(
+        None, description="default: the base scenario's [tracking]"
+    )
 
 
 def point_dir(sweep_dir: Path, point: int, seed: int) -> Path:

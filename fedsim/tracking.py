@@ -29,12 +29,20 @@ class TrackingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
-    experiment: str | None = Field(None, min_length=1)
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="trackers that also get every metric row (each an optional extra: `pip"
+        " install 'fedsim-flwr[NAME]'`)",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment, W&B project (default: scenario name)"
+    )
     mlflow_uri: str | None = Field(
         None, min_length=1, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
-    wandb_mode: Literal["offline", "online"] = "offline"
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="W&B: write local files to sync later, or stream to the server"
+    )
 
     @field_validator("backends")
     @classmethod

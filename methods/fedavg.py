@@ -36,8 +36,10 @@ class LocalSGDParams(Params):
     local_steps: int = Field(10, ge=0, description="H local steps per round")
     local_epochs: int = Field(0, ge=0, description="E passes over the local data per round")
     batch_size: int = Field(32, ge=0, description="0 means full-batch gradients")
-    client_lr: float = Field(0.1, gt=0)
-    server_lr: float = Field(1.0, gt=0)
+    client_lr: float = Field(0.1, gt=0, description="gamma: the local SGD step size")
+    server_lr: float = Field(
+        1.0, gt=0, description="eta_s: the new model is x - eta_s * the mean upload x - x_i"
+    )
     uplink: str = Field("fp32", description="wire format of the model delta (a codec spec)")
     error_feedback: bool = Field(False, description="add the last compression error back")
     downlink: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="the model's format")

@@ -27,7 +27,11 @@ STATISTIC, PRECONDITIONER = "stat", "dhat"  # side arrays: s_i up, D_hat down
 
 
 class ScaledParams(LocalSGDParams):
-    preconditioner: Literal["none", "adam", "rmsprop", "oasis"] = "rmsprop"
+    preconditioner: Literal["none", "adam", "rmsprop", "oasis"] = Field(
+        "rmsprop",
+        description="D_hat from g * g (adam, rmsprop; adam also keeps a first moment), from"
+        " z * (H z) (oasis), or none: plain Local SGD",
+    )
     variant: Literal["global", "local"] = Field("global", description="local: ablation")
     beta: float = Field(0.999, ge=0, lt=1, description="statistic's moving average")
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first moment (reset each sync)")

@@ -32,7 +32,9 @@ class SignParams(Params):
 
     batch_size: int = Field(32, ge=0, description="0: full gradients")
     server_lr: float = Field(1e-3, gt=0, description="delta: every coordinate moves by it")
-    schedule: Literal["constant", "inv_sqrt"] = "constant"
+    schedule: Literal["constant", "inv_sqrt"] = Field(
+        "constant", description="server_lr in every round, or server_lr / sqrt(round)"
+    )
     weight_decay: float = Field(0.0, ge=0, description="applied after the vote")
     momentum: float = Field(0.0, ge=0, lt=1, description="Signum's beta (0: signSGD)")
     broadcast: Literal["step", "model"] = Field("step", description="send the vote or the model")
@@ -47,7 +49,9 @@ class EFSignParams(Params):
 
     batch_size: int = Field(32, ge=0, description="0: full gradients")
     client_lr: float = Field(0.01, gt=0, description="gamma")
-    schedule: Literal["constant", "inv_sqrt"] = "constant"
+    schedule: Literal["constant", "inv_sqrt"] = Field(
+        "constant", description="client_lr in every round, or client_lr / sqrt(round)"
+    )
     server_memory: bool = Field(True, description="compress the averaged step too (1-bit down)")
     broadcast: Literal["step", "model"] = Field("step", description="send the step or the model")
 

@@ -21,7 +21,11 @@ TEXT = ("sentences", "text_tsv")  # the datasets whose examples are word ids int
 class SplitParams(Params):
     """One method of label-private split LoRA training and its settings."""
 
-    method: Literal["head_only", "vanilla", "dc", "p3eft"] = "p3eft"
+    method: Literal["head_only", "vanilla", "dc", "p3eft"] = Field(
+        "p3eft",
+        description="P3EFT, or a baseline: head_only (frozen backbone), vanilla (one adapter,"
+        " plain backprop), dc (vanilla plus a distance-correlation penalty)",
+    )
     backbone: str = Field(
         TINY,
         description="'tiny-bert', a local model path, a cached name, or a packaged encoder"
@@ -35,10 +39,10 @@ class SplitParams(Params):
     )
     adapters: int = Field(2, ge=1, description="n adapter sets (P3EFT; the baselines use 1)")
     shards: int = Field(2, ge=1, description="m private-backprop shards (P3EFT; baselines: 1)")
-    rank: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
+    rank: int = Field(16, ge=1, description="r: the rank of every LoRA adapter")
+    lora_alpha: int = Field(32, ge=1, description="LoRA's alpha: updates scaled by alpha / r")
     reg: float = Field(0.02, ge=0, description="weight of the probe (P3EFT) or DC penalty")
-    batch_size: int = Field(32, ge=2)
+    batch_size: int = Field(32, ge=2, description="examples per training step")
     lr: float = Field(1e-3, gt=0, description="Adam's step size for head and adapters")
     noise_scale: float = Field(100.0, gt=0, description="RMS of a shard's noise over g_h's")
     mix_scale: float = Field(30.0, ge=0, description="std of the mixing weights' xi")

@@ -147,11 +147,11 @@ class ArraysOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str = Field(description="an .npz file of named arrays, or an .npy file of x")
-    x_key: str = "x"
-    y_key: str = "y"
+    x_key: str = Field("x", description="the .npz array of features")
+    y_key: str = Field("y", description="the .npz array of labels")
     clients_key: str | None = Field(None, description="a client id per example (natural split)")
     x_test_key: str | None = Field(None, description="default: data.test_fraction of x held out")
-    y_test_key: str | None = None
+    y_test_key: str | None = Field(None, description="the test labels (with x_test_key)")
     y_path: str | None = Field(None, description="an .npy file of the labels (path is .npy)")
     clients_path: str | None = Field(None, description="an .npy file of client ids")
     standardize: bool = Field(False, description="scale features by the training split's")

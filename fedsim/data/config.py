@@ -44,16 +44,33 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset: Annotated[str, AfterValidator(DATASETS.check)] = "digits"
-    num_clients: int = Field(20, ge=1)
-    partitioner: Literal["iid", "dirichlet", "shards", "natural"] = Field(
-        "iid", validate_default=True
+    dataset: Annotated[str, AfterValidator(DATASETS.check)] = Field(
+        "digits", description="a registered dataset (its options: `options`)"
     )
-    alpha: float = Field(0.5, gt=0)
-    shards_per_client: int = Field(2, ge=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    num_clients: int = Field(20, ge=1, description="clients (partitions) in the population")
+    partitioner: Literal["iid", "dirichlet", "shards", "natural"] = Field(
+        "iid",
+        validate_default=True,
+        description="how training examples go to clients: seeded iid blocks, Dirichlet label"
+        " skew (alpha), label-sorted shards (shards_per_client), or the dataset's own client ids",
+    )
+    alpha: float = Field(
+        0.5, gt=0, description="dirichlet: how each label is spread over clients (smaller: skewed)"
+    )
+    shards_per_client: int = Field(2, ge=1, description="shards: label-sorted shards per client")
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="share of the examples held out for server evaluation (datasets without"
+        " a test split of their own)",
+    )
     l2: float = Field(0.0, ge=0, description="(l2/2)||x||^2 added to every client's loss")
-    options: dict[str, Any] = Field({}, validate_default=True)  # filled with the defaults
+    options: dict[str, Any] = Field(
+        {},
+        validate_default=True,
+        description="the dataset's own options; those not given are filled with their defaults",
+    )
 
     @field_validator("partitioner")
     @classmethod

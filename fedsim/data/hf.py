@@ -61,7 +61,7 @@ class HFOptions(BaseModel):
 
     name: str = Field(description="a Hub name, or a local save_to_disk directory or data files")
     subset: str | None = Field(None, description="the configuration, e.g. 'sst2' of nyu-mll/glue")
-    train_split: str = "train"
+    train_split: str = Field("train", description="the split the clients train on")
     test_split: str | None = Field(None, description="default: data.test_fraction of train")
     input_column: str | None = Field(
         None, description="the input: images, text or numbers (default: 'image' if present)"
@@ -69,7 +69,7 @@ class HFOptions(BaseModel):
     feature_columns: list[str] | None = Field(
         None, min_length=1, description="number columns stacked as features (a table)"
     )
-    label_column: str = "label"
+    label_column: str = Field("label", description="the column of class labels")
     client_column: str | None = Field(None, description="the natural client id column")
     text: Literal["words", "chars"] = Field("words", description="how a text column is split")
     max_len: int = Field(64, ge=1, description="ids kept per text (padded with 0)")

@@ -15,9 +15,13 @@ from fedsim.data.config import DataConfig
 class LibsvmOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Train file, optional test file (else a seeded `test_fraction` split), feature count."""
 
-    path: str
-    test_path: str | None = None
-    n_features: int | None = Field(None, ge=1)  # None: the largest feature index in the files
+    path: str = Field(description="the training file (plain or .gz)")
+    test_path: str | None = Field(
+        None, description="the test file (default: a seeded data.test_fraction of path's rows)"
+    )
+    n_features: int | None = Field(
+        None, ge=1, description="features (default: the largest feature index in the files)"
+    )
 
 
 def _read_raw(path: str | Path, n_features: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -27,13 +27,21 @@ Kappa = Annotated[float, Field(gt=1)]
 class LogregOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Problem size, per-client condition number(s), label noise and client heterogeneity."""
 
-    dim: int = Field(20, ge=1)
-    samples_per_client: int = Field(100, ge=1)
-    kappa: Kappa | list[Kappa] = 100.0  # one value for all clients, or one per client
-    test_samples: int = Field(200, ge=1)  # drawn from the pooled distribution (not test_fraction)
-    label_noise: float = Field(0.1, ge=0, le=0.5)
-    heterogeneity: float = Field(0.5, ge=0)  # std of each client's feature-mean shift
-    common_mu: bool = False  # same mu for all, kappa_i set through L_i (GradSkip's setting)
+    dim: int = Field(20, ge=1, description="features d")
+    samples_per_client: int = Field(100, ge=1, description="rows m per client")
+    kappa: Kappa | list[Kappa] = Field(
+        100.0, description="condition number L_i / mu_i: one for all clients, or one per client"
+    )
+    test_samples: int = Field(
+        200, ge=1, description="test rows, from the pooled distribution (not data.test_fraction)"
+    )
+    label_noise: float = Field(0.1, ge=0, le=0.5, description="probability a label is flipped")
+    heterogeneity: float = Field(
+        0.5, ge=0, description="std of each client's shift of the feature mean"
+    )
+    common_mu: bool = Field(
+        False, description="one mu for all clients, kappa_i set through L_i (GradSkip's setting)"
+    )
 
     @field_validator("kappa")
     @classmethod

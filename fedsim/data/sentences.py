@@ -26,9 +26,11 @@ CUE_WORDS = (
 class SentenceOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Classes (2: negative/positive, 3: adds neutral), sizes, and how clear the signal is."""
 
-    classes: int = Field(2, ge=2, le=len(CUE_WORDS))
-    train_size: int = Field(4000, ge=10)
-    test_size: int = Field(1000, ge=10)
+    classes: int = Field(
+        2, ge=2, le=len(CUE_WORDS), description="2: negative and positive; 3 adds neutral"
+    )
+    train_size: int = Field(4000, ge=10, description="training sentences")
+    test_size: int = Field(1000, ge=10, description="test sentences")
     length: int = Field(16, ge=2, description="words per sentence")
     cues: int = Field(3, ge=1, description="sentiment words per sentence")
     cue_purity: float = Field(0.85, gt=0, le=1, description="P(a cue word is of its class)")

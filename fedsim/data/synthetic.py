@@ -21,13 +21,19 @@ from fedsim.seeding import derive_seed
 class SyntheticOptions(BaseModel, extra="forbid", allow_inf_nan=False):
     """Heterogeneity of models (alpha) and of inputs (beta), sizes, and sample-count range."""
 
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(1.0, ge=0)
-    dim: int = Field(60, ge=1)
-    num_classes: int = Field(10, ge=2)
-    min_samples: int = Field(50, ge=1)
-    max_samples: int = Field(2000, ge=1)  # caps the lognormal's heavy tail
-    test_clients: int = Field(100, ge=1)  # clients whose held-out parts form the test split
+    alpha: float = Field(1.0, ge=0, description="std of u_k: how much the clients' models differ")
+    beta: float = Field(1.0, ge=0, description="std of B_k: how much the clients' inputs differ")
+    dim: int = Field(60, ge=1, description="input features")
+    num_classes: int = Field(10, ge=2, description="classes")
+    min_samples: int = Field(
+        50, ge=1, description="added to a client's lognormal(4, 2) example count"
+    )
+    max_samples: int = Field(
+        2000, ge=1, description="caps a client's example count (the lognormal's heavy tail)"
+    )
+    test_clients: int = Field(
+        100, ge=1, description="clients whose held-out parts form the server's test split"
+    )
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> SyntheticOptions:

@@ -21,8 +21,8 @@ class TextOptions(BaseModel, extra="forbid", allow_inf_nan=False):
 
     path: str = Field(description="training TSV (plain or .gz)")
     test_path: str = Field(description="test TSV: what accuracy is reported on")
-    text_column: str = "sentence"
-    label_column: str = "label"
+    text_column: str = Field("sentence", description="the column of sentences")
+    label_column: str = Field("label", description="the column of integer labels")
     max_words: int = Field(64, ge=1, description="words kept per sentence")
     train_size: int | None = Field(None, ge=10, description="a seeded subsample of training")
 
