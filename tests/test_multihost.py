@@ -1,12 +1,14 @@
 """A deployment across hosts: the SuperLink, two SuperNodes and the machine that submits runs,
 each in a Linux network namespace this test creates, joined by a bridge (10.77.0.0/24).
 
-The same commands as docs/deployment.md's walkthrough, run with `ip netns exec`: the
-SuperLink's certificate is issued for its address 10.77.0.1 (loopback names only for its own
-SuperExec; the SuperNodes verify 10.77.0.1), SuperNode keys are
-made with `fedsim deploy keygen` and registered on the SuperLink, the SuperNodes are
-`fedsim supernode`, and runs are submitted from a fourth namespace whose run directory is
-not the ServerApp's: it comes back through the run's log. A SuperNode's link is cut mid-run.
+The commands of docs/deployment.md's walkthrough, read from the page and run as written
+with `ip netns exec`, each host in a folder of its own (the page's copies of ca.crt and the
+public keys are made here): the SuperLink's certificate is issued for its address 10.77.0.1
+(loopback names only for its own SuperExec; the SuperNodes verify 10.77.0.1), SuperNode keys
+are made with `fedsim deploy keygen` and registered on the SuperLink, the SuperNodes are
+`fedsim supernode`, and the quickstart is submitted from a fourth namespace. Further runs
+are submitted with a run directory that is not the ServerApp's: it comes back through the
+run's log. A SuperNode's link is cut mid-run.
 Everything, namespaces included, is removed at teardown, which checks that nothing is left.
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from fedsim.runtime import launch
 
-from .conftest import logreg_scenario, small_scenario
+from .conftest import REPO, logreg_scenario, small_scenario
 
 pytestmark = pytest.mark.slow
 FEDSIM = str(Path(sys.executable).parent / "fedsim")
@@ -37,11 +41,29 @@ FLWR = str(Path(sys.executable).parent / "flwr")
 SUBNET, LINK_IP, PORT = "10.77.0", "10.77.0.1", 9093
 HOSTS = ("link", "node0", "node1", "submit")  # link: the SuperLink; submit: the user's machine
 TOL = 1e-5
+PAGE = REPO / "docs" / "deployment.md"
+WHERE = {  # how a block of the page's walkthrough begins -> the hosts it runs on
+    "# on the SuperLink machine, once per SuperNode": "link_each",
+    "# on the SuperLink machine": "link",
+    "# on each SuperNode machine": "node",
+    "# on the submitting machine": "submit",
+}
 
 
-def sh(*cmd: str, ns: str | None = None, env=None, timeout: float = 120) -> str:
+def walkthrough() -> list[tuple[str, str]]:
+    """(where, script) of each shell block of the page's "Across machines", in order."""
+    section = PAGE.read_text().split("## Across machines")[1].split("\n## ")[0]
+    steps = []
+    for body in re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M):
+        where = next(w for start, w in WHERE.items() if body.startswith(start))
+        steps.append((where, body))
+    assert [w for w, _ in steps] == ["link", "node", "link_each", "node", "submit"]
+    return steps
+
+
+def sh(*cmd: str, ns: str | None = None, env=None, timeout: float = 120, cwd=None) -> str:
     full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
-    res = subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout)
+    res = subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(full)} failed ({res.returncode}):\n{res.stdout}{res.stderr}")
     return res.stdout
@@ -76,7 +98,7 @@ class Lab:
             sh("ip", "-n", ns, "addr", "add", f"{self.ip[host]}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
-    def start(self, host: str, *cmd: str, env: dict, log: Path) -> subprocess.Popen:
+    def start(self, host: str, *cmd: str, env: dict, log: Path, cwd=None) -> subprocess.Popen:
         out = open(log, "ab")  # noqa: SIM115  (the child holds it)
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns[host], *cmd],
@@ -84,6 +106,7 @@ class Lab:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
         out.close()
@@ -125,37 +148,63 @@ def lab(tmp_path_factory):
         start_deployment(lab)
         yield lab
     finally:
-        if (tmp / "link" / "pids").is_dir():
-            subprocess.run([FEDSIM, "deploy", "down", "--dir", str(tmp / "link")], timeout=60)
+        if (tmp / "link" / ".deploy" / "pids").is_dir():
+            subprocess.run(
+                [FEDSIM, "deploy", "down", "--dir", str(tmp / "link" / ".deploy")], timeout=60
+            )
         left = lab.teardown()
         assert not left, f"left behind: {left}"
         assert root_links() == before, "interfaces left in the root namespace"
 
 
 def start_deployment(lab: Lab) -> None:
-    """docs/deployment.md, steps 1-4."""
-    link, tmp = lab.ns["link"], lab.tmp
-    sh(FEDSIM, "deploy", "up", "--supernodes", "0", "--host", LINK_IP, "--port", str(PORT),
-       "--dir", str(tmp / "link"), ns=link, env=lab.env, timeout=180)  # fmt: skip
-    ca = tmp / "link" / "certs" / "ca.crt"
-    cert = x509.load_pem_x509_certificate((tmp / "link" / "certs" / "server.crt").read_bytes())
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == LINK_IP
-    for i in (0, 1):
-        host, key = f"node{i}", tmp / f"node{i}" / "supernode.key"
-        key.parent.mkdir()
-        sh(FEDSIM, "deploy", "keygen", str(key))
-        sh(FEDSIM, "deploy", "register", f"{key}.pub", "--dir", str(tmp / "link"), ns=link)
-        env = {**lab.env, "FLWR_HOME": str(key.parent / "flwr")}
-        lab.start(host, FEDSIM, "supernode", "--superlink", f"{LINK_IP}:{PORT}",
-                  "--root-certificates", str(ca), "--auth-supernode-private-key", str(key),
-                  "--node-config", f"partition-id={i} num-partitions=2",
-                  env=env, log=key.parent / "supernode.log")  # fmt: skip
-    sh(FEDSIM, "deploy", "connect", "--superlink", f"{LINK_IP}:{PORT}", "--root-certificates",
-       str(ca), "--name", "lab", "--flwr-home", str(tmp / "submit" / "flwr"))  # fmt: skip
-    home = {**lab.env, "FLWR_HOME": str(tmp / "link" / "flwr_home")}
+    """docs/deployment.md's walkthrough, steps 1-4, as the page writes them."""
+    tmp = lab.tmp
+    dirs = {h: tmp / h for h in HOSTS}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["submit"] / "scenarios").symlink_to(REPO / "scenarios")
+    path = f"{Path(FEDSIM).parent}{os.pathsep}{os.environ['PATH']}"  # fedsim installed on each
+    env = {h: {**lab.env, "FLWR_HOME": str(dirs[h] / "flwr"), "PATH": path} for h in HOSTS}
+    ca = dirs["link"] / ".deploy" / "certs" / "ca.crt"
+    nodes = ("node0", "node1")
+
+    def bash(host: str, script: str, timeout: float = 180) -> None:
+        sh("bash", "-ec", script, ns=lab.ns[host], env=env[host], cwd=dirs[host], timeout=timeout)
+
+    for where, script in walkthrough():
+        if where == "link":
+            bash("link", script)
+            cert = x509.load_pem_x509_certificate(ca.with_name("server.crt").read_bytes())
+            assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == LINK_IP
+            for host in (*nodes, "submit"):
+                shutil.copy(ca, dirs[host])
+        elif where == "link_each":
+            for node in nodes:
+                shutil.copy(dirs[node] / "supernode.key.pub", dirs["link"])
+                bash("link", script)
+        elif where == "node" and "fedsim supernode" not in script:
+            for node in nodes:
+                bash(node, script)
+        elif where == "node":
+            for i, node in enumerate(nodes):
+                mine = script.replace("partition-id=0", f"partition-id={i}")
+                lab.start(node, "bash", "-ec", mine, env=env[node], cwd=dirs[node],
+                          log=dirs[node] / "supernode.log")  # fmt: skip
+            wait_online(lab)
+        else:
+            bash("submit", script, timeout=600)
+    summary = json.loads((dirs["submit"] / "runs" / "q2" / "summary.json").read_text())
+    assert summary["rounds"] == 40 and summary["final"]["clients"] == 2
+
+
+def wait_online(lab: Lab) -> None:
+    home = {**lab.env, "FLWR_HOME": str(lab.tmp / "link" / ".deploy" / "flwr_home")}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        out = sh(FLWR, "supernode", "ls", "fedsim-local", "--format", "json", ns=link, env=home)
+        out = sh(
+            FLWR, "supernode", "ls", "fedsim-local", "--format", "json", ns=lab.ns["link"], env=home
+        )
         nodes = json.loads(out).get("nodes", [])
         if sum(str(n.get("status", "")).lower() == "online" for n in nodes) == 2:
             return
