@@ -10,7 +10,14 @@ is Flower's Ray engine on the same scenario. `--memory` also runs one round of 1
 clients of the 1M model as vectorized cohorts in a fresh process and reports its peak RSS
 and the chunk size the memory budget chose.
 
-    python benchmarks/engine_overhead.py [--quick] [--no-simulation] [--memory]
+`--device DEV` measures instead the in-process engine on DEV (`cuda` on a GPU machine): clients
+one by one against vectorized cohorts, for the 10k and the 1M model on synthetic data (200
+examples per client), at each of `--clients` (default 100 and 1,000 clients), three rounds each
+(the first a warm-up); key `vectorized_vs_sequential_DEV_MODEL_CLIENTS`, sequential over
+vectorized seconds per update, in results/engine_overhead_DEV.json unless `--out` says where.
+
+    python benchmarks/engine_overhead.py [--quick] [--no-simulation] [--memory] [--out PATH]
+    python benchmarks/engine_overhead.py --device cuda [--clients 100,1000] [--out PATH]
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ WORKLOADS = {
 # VMAP_PARAMS)
 ENGINES = {"inprocess": "sequential", "vectorized": "auto"}
 ALGORITHM = {"name": "local_sgd", "local_steps": 10, "batch_size": 32, "client_lr": 0.05}
+DEVICE_MODELS = {"10k": (64, [128]), "1m": (256, [1024, 768])}  # input dim, hidden widths
 
 
 def scenario(
@@ -155,6 +163,41 @@ def measure(name: str, repeats: int) -> dict[str, float]:
     return best
 
 
+def device_scenario(model: str, clients: int, device: str, execution: str) -> Scenario:
+    """The device comparison's workload: the model on synthetic data, 200 examples a client."""
+    dim, hidden = DEVICE_MODELS[model]
+    data = {"dataset": "synthetic", "num_clients": clients, "partitioner": "natural"}
+    data |= {"test_fraction": 0.05, "options": {"dim": dim, "min_samples": 200, "max_samples": 200}}
+    raw = {"name": f"bench-{model}-{clients}", "seed": 0, "rounds": 3, "checkpoint_every": 0}
+    raw |= {"device": device, "execution": execution, "data": data, "algorithm": ALGORITHM}
+    return load_scenario(raw | {"model": {"name": "mlp", "hidden": hidden}})
+
+
+def on_device(device: str, clients: list[int], out: Path) -> None:
+    """Seconds per client update on `device`, one by one and as vectorized cohorts, written to
+    `out` after each workload (a run stopped at a time limit keeps what it measured)."""
+    kind = torch.device(device).type
+    name = torch.cuda.get_device_name(device) if kind == "cuda" else "CPU"
+    figures: dict[str, float | str] = {
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, {name}"
+    }
+    for model in DEVICE_MODELS:
+        for n in clients:
+            best = {
+                eng: per_update(engine(device_scenario(model, n, device, execution)), n)
+                for eng, execution in {"sequential": "sequential", "vectorized": "auto"}.items()
+            }
+            ratio = best["sequential"] / best["vectorized"]
+            print(
+                f"{kind} {model} {n} clients: sequential {1e3 * best['sequential']:.3f},"
+                f" vectorized {1e3 * best['vectorized']:.3f} ms/update: {ratio:.2f}x"
+            )
+            for eng, sec in best.items():
+                figures[f"ms_per_update_{eng}_{kind}_{model}_{n}"] = round(1e3 * sec, 3)
+            figures[f"vectorized_vs_sequential_{kind}_{model}_{n}"] = round(ratio, 3)
+            write(figures, out)
+
+
 def cohort_memory() -> dict[str, float]:
     """One round of 1,000 clients of the 1M model as vectorized cohorts, in this process."""
     from fedsim.runtime.cohorts import cohort_chunk
@@ -188,9 +231,16 @@ def main() -> None:
     ap.add_argument("--no-simulation", action="store_true", help="skip Flower's Ray engine")
     ap.add_argument("--memory", action="store_true", help="1,000 clients of the 1M model")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--device", help="instead: sequential vs vectorized on this device")
+    ap.add_argument("--clients", default="100,1000", help="--device's client counts")
+    ap.add_argument("--out", type=Path, help="the JSON's path (default: in results/)")
     args = ap.parse_args()
     if args.memory_only:  # the fresh process of --memory
         print(json.dumps(cohort_memory()))
+        return
+    if args.device:
+        out = args.out or RESULTS / f"engine_overhead_{torch.device(args.device).type}.json"
+        on_device(args.device, [int(n) for n in args.clients.split(",")], out)
         return
     seconds = {name: measure(name, 1 if args.quick else 5) for name in WORKLOADS}
     if not args.no_simulation:  # last: Ray leaves threads behind in this process
@@ -212,8 +262,12 @@ def main() -> None:
         ).stdout
         figures |= json.loads(out.strip().splitlines()[-1])
     figures["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, CPU"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "engine_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
+    write(figures, args.out or RESULTS / "engine_overhead.json")
+
+
+def write(figures: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures))
 
 

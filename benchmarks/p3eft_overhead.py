@@ -8,12 +8,15 @@ The protocol's inherent cost is the ratio of passes through the backbone: a forw
 one forward pass, a backprop call (stateless: it recomputes the forward) is a forward and a
 backward pass, so P3EFT needs n + 2 n m = 10 passes per step and vanilla 1 + 2 = 3. The two
 methods alternate in this process; each figure is the fastest of several repeats.
+`--device cuda` puts the hosts' backbone on a GPU (the label party stays on the CPU), into
+results/p3eft_overhead_cuda.json unless `--out` says where; `--backbone` picks the backbones.
 
-    python benchmarks/p3eft_overhead.py
+    python benchmarks/p3eft_overhead.py [--device cuda] [--backbone tiny-bert] [--out PATH]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -35,9 +38,10 @@ BACKBONES = {"tiny-bert": ("", 5), "sentence-transformers/all-MiniLM-L6-v2": ("_
 HOSTS = {"vanilla": 1, "p3eft": 4}
 
 
-def setup(method: str, backbone: str):
+def setup(method: str, backbone: str, device: str):
     s = load_scenario(
         {
+            "device": device,
             "data": {"dataset": "sentences"},
             "algorithm": {
                 "name": "split_lora",
@@ -53,7 +57,7 @@ def setup(method: str, backbone: str):
         p.backbone, len(words(ds.meta["vocab"])), s.seed, p.adapters, p.rank, p.lora_alpha
     )
     grid = InProcessGrid(load_ref("fedsim.clients.app:app"), p.hosts)
-    hosts = Hosts(grid, list(grid.get_node_ids()), spec, p.shards, p.rotate)
+    hosts = Hosts(grid, list(grid.get_node_ids()), spec, p.shards, p.rotate, s.device)
     x = trimmed(
         {k: v[:BATCH] for k, v in encode_text(spec, ds.meta["vocab"], ds.x_train)[0].items()}
     )
@@ -69,9 +73,9 @@ def seconds_per_step(party: LabelParty, hosts: Hosts, x: dict, y: torch.Tensor, 
     return (time.perf_counter() - start) / STEPS
 
 
-def measure(backbone: str, repeats: int) -> dict[str, float]:
+def measure(backbone: str, repeats: int, device: str) -> dict[str, float]:
     """Fastest seconds per step of each method, alternating."""
-    runs = {m: setup(m, backbone) for m in HOSTS}
+    runs = {m: setup(m, backbone, device) for m in HOSTS}
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
         for m, run in runs.items():
@@ -85,10 +89,17 @@ N, NM = 2, 4  # P3EFT's forward and backprop calls per step
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="where the hosts run (cpu, cuda)")
+    ap.add_argument("--backbone", action="append", choices=list(BACKBONES), help="default: all")
+    ap.add_argument("--out", type=Path, help="the JSON's path (default: in results/)")
+    args = ap.parse_args()
+    kind = torch.device(args.device).type
     torch.set_num_threads(1)
     figures: dict[str, float | str] = {"protocol_pass_ratio": round((N + 2 * NM) / (1 + 2), 3)}
-    for backbone, (suffix, repeats) in BACKBONES.items():
-        best = measure(backbone, repeats)
+    for backbone in args.backbone or BACKBONES:
+        suffix, repeats = BACKBONES[backbone]
+        best = measure(backbone, repeats, args.device)
         figures |= {
             f"vanilla_ms{suffix}": round(1e3 * best["vanilla"], 3),
             f"p3eft_ms{suffix}": round(1e3 * best["p3eft"], 3),
@@ -100,8 +111,12 @@ def main() -> None:
             f" (passes: {figures['protocol_pass_ratio']})"
         )
     figures["machine"] = platform.machine()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "p3eft_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
+    if kind != "cpu":
+        figures["machine"] += f", {torch.cuda.get_device_name(args.device)}"
+    name = "p3eft_overhead.json" if kind == "cpu" else f"p3eft_overhead_{kind}.json"
+    out = args.out or RESULTS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures))
 
 

@@ -14,15 +14,15 @@ from fedsim.privacy.split import ACTIVATIONS, GRAD, INPUTS, BackboneHost, arrays
 
 
 @functools.lru_cache(maxsize=2)
-def host(spec_json: str) -> BackboneHost:
-    """The frozen model, loaded once per backbone spec."""
-    return BackboneHost(BackboneSpec(**json.loads(spec_json)))
+def host(spec_json: str, device: str) -> BackboneHost:
+    """The frozen model on `device`, loaded once per backbone spec."""
+    return BackboneHost(BackboneSpec(**json.loads(spec_json)), device)
 
 
 def answer(msg: Message) -> Message:
-    """forward(x, theta) -> h, or backprop(x, theta, g) -> g_theta."""
+    """forward(x, theta) -> h, or backprop(x, theta, g) -> g_theta, on the query's device."""
     config, rec = msg.content["config"], msg.content["arrays"]
-    model = host(str(config["backbone"]))
+    model = host(str(config["backbone"]), str(config["device"]))
     adapter = str(config["adapter"])
     x = tensors(rec, INPUTS)
     theta = tensors(rec, [k for k in rec if k not in INPUTS and k != GRAD])

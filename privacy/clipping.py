@@ -180,10 +180,12 @@ class PrivateGradients:
 
     def noisy(self, mean: Tensor, expected: float, gen: torch.Generator | None) -> Tensor:
         """mean + N(0, (sigma C / expected)^2 I), in place: the clipped sum over the expected
-        batch size plus the sum's noise N(0, sigma^2 C^2 I) over it."""
+        batch size plus the sum's noise N(0, sigma^2 C^2 I) over it. Drawn on the CPU, where
+        the clients' generators live (fedsim/seeding.py), then moved: the same numbers on any
+        device (CUDA refuses a CPU generator)."""
         if not self.sigma:
             return mean
-        noise = torch.randn(mean.shape, generator=gen, device=mean.device)
+        noise = torch.randn(mean.shape, generator=gen).to(mean.device)
         return mean.add_(noise, alpha=self.sigma * self.c / expected)
 
     def __call__(

@@ -29,17 +29,17 @@ def tensors(rec: ArrayRecord, keys) -> dict[str, torch.Tensor]:
 
 
 def arrays(values: dict[str, torch.Tensor]) -> ArrayRecord:
-    """The arrays of a query or reply."""
-    return ArrayRecord({k: pack(v.detach().numpy()) for k, v in values.items()})
+    """The arrays of a query or reply (off the device where they are on one)."""
+    return ArrayRecord({k: pack(v.detach().cpu().numpy()) for k, v in values.items()})
 
 
 class BackboneHost:
-    """The frozen encoder with adapter slots "a0".."a{n-1}"; it keeps no state between calls:
-    every call brings the adapter weights it is to use."""
+    """The frozen encoder with adapter slots "a0".."a{n-1}" on `device`; it keeps no state
+    between calls: every call brings the adapter weights it is to use (moved there)."""
 
-    def __init__(self, spec: BackboneSpec) -> None:
-        self.spec = spec
-        self.model = load_backbone(spec)
+    def __init__(self, spec: BackboneSpec, device: str = "cpu") -> None:
+        self.spec, self.device = spec, torch.device(device)
+        self.model = load_backbone(spec).to(self.device)
         self.params = {f"a{i}": adapter_params(self.model, f"a{i}") for i in range(spec.adapters)}
         self.active = ""
 
@@ -53,6 +53,7 @@ class BackboneHost:
         with torch.no_grad():
             for k, v in theta.items():
                 params[k].copy_(v)
+        x = {k: v.to(self.device) for k, v in x.items()}
         mask = x.get("attention_mask", torch.ones_like(x["input_ids"]))  # as transformers does
         return mean_pool(self.model(**x).last_hidden_state, mask)
 
@@ -66,7 +67,8 @@ class BackboneHost:
         keys = list(self.params[adapter])
         with torch.enable_grad():
             h = self._activations(x, adapter, theta)
-            grads = torch.autograd.grad(h, [self.params[adapter][k] for k in keys], g_h)
+            params = [self.params[adapter][k] for k in keys]
+            grads = torch.autograd.grad(h, params, g_h.to(self.device))
         return dict(zip(keys, grads, strict=True))
 
 

@@ -74,13 +74,20 @@ def host_of(
 
 
 class Hosts:
-    """The backbone hosts as the label party reaches them: Flower nodes answering queries."""
+    """The backbone hosts as the label party reaches them: Flower nodes answering queries,
+    each running the backbone on `device` (the scenario's)."""
 
     def __init__(
-        self, grid: Grid, nodes: list[int], spec: BackboneSpec, shards: int, rotate: bool
+        self,
+        grid: Grid,
+        nodes: list[int],
+        spec: BackboneSpec,
+        shards: int,
+        rotate: bool,
+        device: str = "cpu",
     ) -> None:
         self.grid, self.nodes, self.rotate, self.adapters = grid, nodes, rotate, spec.adapters
-        self.shards = shards
+        self.shards, self.device = shards, device
         self.backbone = json.dumps(spec.to_dict(), sort_keys=True)
         self.bytes_down = self.bytes_up = self.calls = 0
 
@@ -91,7 +98,8 @@ class Hosts:
 
     def query(self, kind: str, node: int, x: dict, adapter: int, theta: Theta, g=None) -> Message:
         values = {**x, **theta} | ({} if g is None else {GRAD: g})
-        config = ConfigRecord({"backbone": self.backbone, "adapter": f"a{adapter}"})
+        config = {"backbone": self.backbone, "adapter": f"a{adapter}", "device": self.device}
+        config = ConfigRecord(config)
         content = RecordDict({"arrays": arrays(values), "config": config})
         return Message(content, dst_node_id=node, message_type=f"query.{kind}")
 
@@ -258,7 +266,8 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
             )
         )
     partitions = discover_partitions(grid, p.hosts)
-    hosts = Hosts(grid, [partitions[k] for k in range(p.hosts)], spec, p.shards, p.rotate)
+    nodes = [partitions[k] for k in range(p.hosts)]
+    hosts = Hosts(grid, nodes, spec, p.shards, p.rotate, scenario.device)
     party = LabelParty(p, spec, ds.num_classes, scenario.seed)
     writer, views = MetricsWriter(out_dir), HostViews(spec)
     batches = batch_order(len(y_train), p.batch_size, scenario.seed)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 # Under pytest-xdist, each worker's torch gets its share of the cores, not all of them: two
@@ -23,6 +28,7 @@ torch.set_num_threads(THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+CUDA_ONLY = "needs CUDA"  # how a GPU-tier test skipped for want of a CUDA device says so
 
 
 def without_wall_clock(rows: list[dict]) -> list[dict]:
@@ -126,3 +132,57 @@ def used_client_states(meta: dict, arrays: dict, name: str) -> dict:
         if key in arrays:
             out[int(pid)] = arrays[key]
     return out
+
+
+@contextmanager
+def ray_cluster(num_gpus: int = 0):
+    """A running Ray cluster of one head node (`ray start --head --block`, in its own temp dir
+    so that no other test's local Ray finds it), stopped with its process group at exit.
+    `num_gpus` GPUs are declared to Ray (logical ones where the machine has none)."""
+    from fedsim.deploy import free_port
+
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths
+    port = free_port()
+    ray = Path(sys.executable).parent / "ray"
+    cmd = [str(ray), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
+    cmd += ["--num-gpus", str(num_gpus)]
+    cmd += ["--temp-dir", str(temp), "--include-dashboard", "false", "--disable-usage-stats"]
+    # its workers and drivers bind above the 10002-19999 a local Ray (another test on the
+    # other xdist worker) takes, in a range of this xdist worker's own: two clusters counting
+    # up from one port made a driver's port clash and killed its pytest worker
+    low = 20002 + 2000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    cmd += ["--min-worker-port", str(low), "--max-worker-port", str(low + 1997)]
+    log = open(temp / "head.log", "wb")  # noqa: SIM115  (closed at exit)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temp.glob("session_*/logs/gcs_server.out")):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                temp / "head.log"
+            ).read_text()
+            time.sleep(0.5)
+        time.sleep(3.0)  # the raylet registers with the GCS
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how the GPU tier ran: on which device, and how many of its tests were skipped as
+    CUDA-only (none where a CUDA device exists)."""
+    reports = [r for rs in terminalreporter.stats.values() for r in rs if hasattr(r, "when")]
+    tier = [r for r in reports if "gpu" in r.keywords]
+    if not tier:
+        return
+    skipped = {r.nodeid for r in tier if r.skipped and CUDA_ONLY in str(r.longrepr)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    terminalreporter.write_line(
+        f"GPU tier on {device}: {len(skipped)} CUDA-only test(s) skipped"
+        + ("" if skipped else " (none)")
+    )

@@ -3,22 +3,15 @@ also on a Ray cluster started apart (`simulation.address`)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedsim.deploy import free_port
 from fedsim.results import read_metrics
 from fedsim.runtime import launch
 
-from .conftest import REPO, small_scenario
+from .conftest import REPO, ray_cluster, small_scenario
 
 
 @pytest.mark.slow
@@ -109,37 +102,9 @@ def test_stateful_methods_give_the_same_model_on_both_engines(ray_head, tmp_path
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A running Ray cluster of one head node (`ray start --head --block`, in its own temp dir
-    so that no other test's local Ray finds it), stopped with its process group at teardown."""
-    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths
-    port = free_port()
-    ray = Path(sys.executable).parent / "ray"
-    cmd = [str(ray), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
-    cmd += ["--temp-dir", str(temp), "--include-dashboard", "false", "--disable-usage-stats"]
-    # its workers and drivers bind above the 10002-19999 a local Ray (another test on the
-    # other xdist worker) takes, in a range of this xdist worker's own: two clusters counting
-    # up from one port made a driver's port clash and killed its pytest worker
-    low = 20002 + 2000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    cmd += ["--min-worker-port", str(low), "--max-worker-port", str(low + 1997)]
-    log = open(temp / "head.log", "wb")  # noqa: SIM115  (closed at teardown)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(temp.glob("session_*/logs/gcs_server.out")):
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                temp / "head.log"
-            ).read_text()
-            time.sleep(0.5)
-        time.sleep(3.0)  # the raylet registers with the GCS
-        yield f"127.0.0.1:{port}", temp
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    """A running Ray cluster of one head node, for this module's tests (conftest.ray_cluster)."""
+    with ray_cluster() as head:
+        yield head
 
 
 @pytest.mark.slow
