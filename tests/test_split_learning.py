@@ -69,7 +69,7 @@ def test_hosts_never_receive_labels_or_the_secret_mixing_weights(tmp_path):
     labels = {ds.y_train.astype(np.int64).tobytes()[i : i + 64] for i in range(0, 8 * 64, 8)}
     for m in queries:
         assert set(m.content.keys()) == {"arrays", "config"}
-        assert set(m.content["config"].keys()) == {"backbone", "adapter"}
+        assert set(m.content["config"].keys()) == {"backbone", "adapter", "device"}
         keys = set(m.content["arrays"].keys())
         extra = {GRAD} if m.metadata.message_type == "query.backprop" else set()
         assert keys == set(INPUTS) | theta_keys | extra
