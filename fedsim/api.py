@@ -19,15 +19,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
 from pydantic import ValidationError
-from torch import nn
 
-from fedsim.checkpoint import CheckpointError, load_checkpoint
 from fedsim.config import (
     Scenario,
     ScenarioError,
@@ -37,8 +33,6 @@ from fedsim.config import (
 from fedsim.data import load_dataset
 from fedsim.method import FederatedMethod
 from fedsim.models import bind, build_model
-from fedsim.progress import Follow, RunBar
-from fedsim.report import axis_keys, collect, means, write_report
 from fedsim.results import (
     CLIENTS,
     CONFIG,
@@ -50,9 +44,14 @@ from fedsim.results import (
     read_rows,
     read_summary,
 )
-from fedsim.runtime import launch
-from fedsim.sweeps import point_dir, read_sweep, run_sweep
 from fedsim.tracking import MODULES, Trackers, TrackingConfig
+
+# torch, pandas, flwr (the runtimes, checkpoints) and the report stack are imported where a
+# run, a sweep or a result needs them: a scenario refused at load never loads them.
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+    from torch import nn
 
 __all__ = ["RunFailed", "RunResult", "ScenarioError", "SweepResult", "resume", "run", "sweep"]
 ScenarioLike = str | Path | Mapping[str, Any] | Scenario
@@ -77,15 +76,21 @@ class RunResult:
     @property
     def metrics(self) -> pd.DataFrame:
         """metrics.jsonl: one row per round."""
+        import pandas as pd
+
         return pd.DataFrame(self.rows)
 
     @property
     def clients(self) -> pd.DataFrame:
         """clients.jsonl: one row per client per round (fate, grad evals, time)."""
+        import pandas as pd
+
         return pd.DataFrame(read_rows(self.run_dir / CLIENTS))
 
     def model(self) -> torch.Tensor:
         """The final model as one flat float32 vector (split learning: the adapters)."""
+        import torch
+
         return torch.from_numpy(np.load(self.run_dir / MODEL))
 
     def module(self) -> nn.Module:
@@ -113,14 +118,20 @@ class SweepResult:
     @property
     def table(self) -> pd.DataFrame:
         """sweep.csv: one row per run."""
+        import pandas as pd
+
         return pd.DataFrame(self.rows)
 
     @property
     def mean_table(self) -> pd.DataFrame:
         """sweep_mean.csv: one row per point, mean and std over its seeds."""
+        import pandas as pd
+
         return pd.DataFrame(self.means)
 
     def run(self, point: int, seed: int) -> RunResult:
+        from fedsim.sweeps import point_dir
+
         return RunResult.read(point_dir(self.sweep_dir, point, seed))
 
 
@@ -193,6 +204,8 @@ def resume(
             f" (resumable on: {sorted(method.supports.resume) or 'none'})"
         )
     check_installed(s.tracking)
+    from fedsim.checkpoint import CheckpointError, load_checkpoint
+
     try:
         meta, _ = load_checkpoint(out, s.to_json())  # a corrupt or foreign one stops here
     except CheckpointError as e:
@@ -203,6 +216,9 @@ def resume(
 
 def _watch(s: Scenario, out: Path, done: int, quiet: bool | None, **launch_args) -> RunResult:
     """Launch the run while its rows go to the progress bar and the trackers."""
+    from fedsim.progress import Follow, RunBar
+    from fedsim.runtime import launch
+
     bar = RunBar(s.name, s.rounds, done, quiet)
     trackers = Trackers(out, s.to_dict(), s.tracking) if s.tracking.backends else None
 
@@ -238,6 +254,8 @@ def sweep(
     """Run a sweep file (pending points only: a killed sweep continues) into `out` (default
     runs/sweeps/NAME) and write its report; `track` logs each point as a tracker run;
     `plugins` adds plug-ins to the base scenario's."""
+    from fedsim.sweeps import read_sweep, run_sweep
+
     cfg, _ = read_sweep(sweep_file, list(plugins))
     sweep_dir = Path(out or f"runs/sweeps/{cfg.name}")
     tracking = None
@@ -250,6 +268,8 @@ def sweep(
                 f"--track: {list(track)!r} is not a list of {sorted(MODULES)}"
             ) from None
     run_sweep(sweep_file, sweep_dir, jobs, quiet, tracking, list(plugins))
+    from fedsim.report import axis_keys, collect, means, write_report
+
     report = write_report(sweep_dir, f"fedsim sweep {sweep_file} --jobs {jobs}")
     record, rows = collect(sweep_dir)
     return SweepResult(sweep_dir, rows, means(rows, axis_keys(record)), report)

@@ -12,18 +12,16 @@ import os
 import sys
 from pathlib import Path
 
-from fedsim import api
-from fedsim.config import ScenarioError
-from fedsim.html_report import write_html
-from fedsim.method import RUNTIMES
-from fedsim.report import write_report
-from fedsim.results import SUMMARY, RunFailed
-from fedsim.sweeps import SWEEP_RECORD
+# Only light modules here: each command imports what it runs (torch, flwr, the report stack),
+# so --help, `list` and a refused scenario answer without loading what they do not use.
+from fedsim.errors import RUNTIMES, RunFailed, ScenarioError
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fedsim import api
+
     overrides = list(args.set or [])
     if args.federation and not args.runtime:
         args.runtime = "deployment"
@@ -61,6 +59,8 @@ def tracked(text: str | None) -> list[str] | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim import api
+
     result = api.sweep(
         args.sweep_file,
         out=args.out,
@@ -71,13 +71,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     print(result.report)
     if args.html:
+        from fedsim.html_report import write_html
+
         print(write_html(result.sweep_dir))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from fedsim.results import SUMMARY, SWEEP_RECORD
+
     path = Path(args.dir)
     if (path / SWEEP_RECORD).is_file():
+        from fedsim.report import write_report
+
         print(write_report(path))
     elif not (path / SUMMARY).is_file():
         raise ScenarioError(
@@ -86,16 +92,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif not args.html:
         raise ScenarioError(f"dir: {args.dir!r} is a run directory: its report is --html")
     if args.html:
+        from fedsim.html_report import write_html
+
         print(write_html(path))
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fedsim.plots import plot_run
-
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise ScenarioError(f"run_dir: {str(run_dir)!r} has no metrics.jsonl")
+    from fedsim.plots import plot_run
+
     for path in plot_run(run_dir):
         print(path)
     return 0
@@ -109,6 +117,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedsim.models import MODELS, example_parameters
 
     load_plugins(args.plugin or ())
+    if args.keys:
+        from fedsim.reference import scenario_reference
+
+        print(scenario_reference(), end="")
+        return 0
 
     def line(e, text: str) -> str:
         return f"  {e.name:14s} {text}" + (f"  [plug-in {e.origin}]" if e.origin else "")
@@ -271,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
     plot.set_defaults(fn=cmd_plot)
     listing = sub.add_parser("list", help="registered algorithms, datasets, models, codecs")
     listing.add_argument("--plugin", action="append", metavar="MODULE_OR_PATH", help="list it too")
+    listing.add_argument(
+        "--keys", action="store_true", help="every scenario and sweep key, as Markdown"
+    )
     listing.set_defaults(fn=cmd_list)
     flower = sub.add_parser("flower", help="run any Flower App on fedsim's in-process engine")
     flower_acts = flower.add_subparsers(dest="action", required=True)

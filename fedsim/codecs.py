@@ -33,18 +33,25 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord
 
 from fedsim.registry import Registry
+
+# flwr and torch are imported where a vector is encoded or made a tensor: the registry, which
+# validating a scenario reads (`fedsim run` refusing bad input at once), loads neither.
+if TYPE_CHECKING:
+    import torch
+    from flwr.app import Array, ArrayRecord
 
 NPY_STYPE = "numpy.ndarray"
 
 
 def pack(arr: np.ndarray) -> Array:
     """A Flower Array holding `arr` in .npy format (byte-identical to `Array(arr)`)."""
+    from flwr.app import Array
+
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         arr = np.ascontiguousarray(arr)
     header = np.lib.format.header_data_from_array_1_0(arr)
@@ -87,6 +94,8 @@ def readonly_tensor(arr: np.ndarray) -> torch.Tensor:
 
     torch warns that such a tensor could be written through; callers only read it.
     """
+    import torch
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(arr)
@@ -162,6 +171,8 @@ def _uint(n: int) -> np.dtype:
 
 
 def _encode_fp32(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
+    from flwr.app import ArrayRecord
+
     return ArrayRecord({VECTOR_KEY: pack(np.asarray(x, dtype=np.float32))})
 
 
@@ -171,6 +182,8 @@ def _decode_fp32(rec: ArrayRecord) -> np.ndarray:
 
 def _encode_fp16(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
     """IEEE half precision: |x| > 65504 becomes inf (NumPy warns of the overflow)."""
+    from flwr.app import ArrayRecord
+
     return ArrayRecord({VECTOR_KEY: pack(_flat(x).astype(np.float16))})
 
 
@@ -180,6 +193,8 @@ def _decode_fp16(rec: ArrayRecord) -> np.ndarray:
 
 def _encode_bf16(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
     """Upper 16 bits of each float32, rounded to nearest even (NaN stays NaN)."""
+    from flwr.app import ArrayRecord
+
     u = _flat(x).view(np.uint32)
     top = (u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16  # wraps only for NaN, fixed below
     nan = (u & 0x7FFFFFFF) > 0x7F800000
@@ -249,6 +264,8 @@ def _trits_bytes(d: int) -> int:
 
 def _encode_sign(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
     """One bit per entry, set where x >= 0 (sign(0) = +1)."""
+    from flwr.app import ArrayRecord
+
     return ArrayRecord({"s": pack(_pack_bits(_flat(x) >= 0))})
 
 
@@ -258,6 +275,8 @@ def _decode_sign(rec: ArrayRecord) -> np.ndarray:
 
 def _encode_ternary(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
     """sign(x) in {-1, 0, +1} (e.g. a majority vote with ties), 1.6 bits an entry."""
+    from flwr.app import ArrayRecord
+
     v = _flat(x)
     digits = (v > 0).view(np.uint8) + (v >= 0).view(np.uint8)  # 0, 1, 2 for -, 0, +
     return ArrayRecord({"t": pack(_pack_trits(digits))})
@@ -269,6 +288,8 @@ def _decode_ternary(rec: ArrayRecord) -> np.ndarray:
 
 def _encode_scaled_sign(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
     """Sign bits and scale = ||x||_1 / d, as EF-SignSGD sends."""
+    from flwr.app import ArrayRecord
+
     v = _flat(x)
     scale = np.abs(v).sum(dtype=np.float64) / v.size if v.size else 0.0
     return ArrayRecord(
@@ -326,6 +347,8 @@ def _topk(text: str) -> Codec:
     fraction, spec = _fraction(text), f"topk:{text}"
 
     def encode(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
+        from flwr.app import ArrayRecord
+
         v = _flat(x)
         d, k = v.size, _k(fraction, v.size)
         idx = np.sort(np.argpartition(np.abs(v), d - k)[d - k :]) if k < d else np.arange(d)
@@ -352,6 +375,8 @@ def _randk(text: str) -> Codec:
         return np.random.default_rng(seed).choice(d, size=k, replace=False)
 
     def encode(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
+        from flwr.app import ArrayRecord
+
         v = _flat(x)
         d, k = v.size, _k(fraction, v.size)
         seed = int(_need_rng(rng, spec).integers(2**63))
@@ -383,6 +408,8 @@ def _qsgd(text: str) -> Codec:
     spec, level = f"qsgd:{text}", _uint(s)
 
     def encode(x: np.ndarray, rng: np.random.Generator | None = None) -> ArrayRecord:
+        from flwr.app import ArrayRecord
+
         v = _flat(x)
         rng = _need_rng(rng, spec)
         norm = np.float32(math.sqrt(np.square(v, dtype=np.float64).sum()))  # no overflow
@@ -444,6 +471,8 @@ def codec(spec: str) -> Codec:
 def roundtrip(v: torch.Tensor, spec: str) -> torch.Tensor:
     """decode(encode(v)) on v's device: what a receiver of v in format `spec` holds
     (`spec` deterministic); for a [C, d] tensor, of each row."""
+    import torch
+
     c = codec(spec)
     rows = v.detach().cpu().numpy().reshape(-1, v.shape[-1])
     out = np.stack([c.decode(c.encode(row)) for row in rows]).reshape(v.shape)

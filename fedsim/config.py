@@ -14,11 +14,10 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import tomli_w
-import torch
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,15 +28,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from torch import nn
 
 from fedsim.data import DataConfig, client_data, load_dataset
+from fedsim.errors import ScenarioError
 from fedsim.heterogeneity import Profiles, SystemConfig
 from fedsim.method import METHODS, FederatedMethod, Method, Params
 from fedsim.models import MODELS, ModelConfig, build_model, float_buffers, takes_ids
 from fedsim.plugins import Plugin, PluginError, activate, resolve, unique
 from fedsim.registry import Registry
 from fedsim.tracking import MODULES, TrackingConfig
+
+if TYPE_CHECKING:  # torch is imported where a check builds a model: a refusal before needs none
+    from torch import nn
 
 # (scenario) -> scenario run last when a scenario loads (privacy registers its calibration)
 RESOLVERS: Registry[Callable[[Any], Any]] = Registry("scenario resolver")
@@ -47,15 +49,6 @@ def _without_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_none(v) for k, v in value.items() if v is not None}
     return [_without_none(v) for v in value] if isinstance(value, list) else value
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot run; the message is one line: key, value, what is allowed.
-    `details` holds what explains it further (a plug-in's traceback), shown before it."""
-
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
-        self.details = details
 
 
 class PrivacyConfig(BaseModel):
@@ -171,7 +164,7 @@ class Scenario(BaseModel):
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
             raise ValueError("is not 'cpu', 'cuda' or 'cuda:N'")
-        if v.startswith("cuda") and not torch.cuda.is_available():
+        if v.startswith("cuda") and not _cuda_available():
             raise ValueError("is not available on this machine (no CUDA device)")
         return v
 
@@ -449,8 +442,16 @@ def check_supported(method: Method, scenario: Scenario) -> None:
         )
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def meta_model(scenario: Scenario) -> nn.Module:
     """The scenario's model on the meta device: its shapes and layers, no memory."""
+    import torch
+
     ds = load_dataset(scenario.data, scenario.seed)
     with torch.device("meta"):
         return build_model(scenario.model, ds.x_train.shape[1], ds.num_classes, 0)

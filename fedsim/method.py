@@ -35,16 +35,18 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import Tensor
 
+from fedsim.errors import RUNTIMES as RUNTIMES  # re-exported: the CLI reads it light
 from fedsim.registry import RegistrationError, Registry, first_line
 
-RUNTIMES = ("inprocess", "simulation", "deployment")
+if TYPE_CHECKING:  # the contract is declared, and a scenario validated, without torch
+    import torch
+    from torch import Tensor
+
 MECHANISMS = ("dp_sgd", "dp_fedavg", "local")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -255,6 +257,8 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def state_row(state: Any, c: int) -> Any:
     """Client c's state out of a cohort's stacked state (tensors [C, ...]; numbers [C])."""
+    from torch import Tensor
+
     rows = {}
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
@@ -266,6 +270,8 @@ def state_row(state: Any, c: int) -> Any:
 
 def overlay(stacked: Any, c: int, row: Any) -> Any:
     """The stacked state with client c's row replaced by `row` (in place; returns it)."""
+    from torch import Tensor
+
     for f in dataclasses.fields(stacked):
         v, r = getattr(stacked, f.name), getattr(row, f.name)
         if isinstance(v, Tensor) and r is not None:
@@ -275,6 +281,8 @@ def overlay(stacked: Any, c: int, row: Any) -> Any:
 
 def state_to_parts(state: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A state dataclass as float32/int arrays and JSON numbers (None fields left out)."""
+    from torch import Tensor
+
     arrays, values = {}, {}
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
@@ -291,6 +299,8 @@ def state_to_parts(state: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 def state_from_parts(cls: type, arrays: dict[str, np.ndarray], values: dict[str, Any], device):
     """The inverse of state_to_parts: tensors on `device` (writable copies)."""
+    import torch
+
     kwargs: dict[str, Any] = {
         k: torch.tensor(np.array(a), device=device) for k, a in arrays.items()
     }

@@ -24,9 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,10 +35,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from torch import nn
 
-from fedsim.data.base import PAD
 from fedsim.registry import RegistrationError, Registry, first_line, strict
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the registry and options need none
+    import torch
+    from torch import nn
 
 
 class NoOptions(BaseModel):
@@ -74,7 +75,7 @@ class ResNetOptions(NoOptions):
         return v
 
 
-Builder = Callable[[Any, int, int], nn.Module]
+Builder = Callable[[Any, int, int], "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def register_model(
     """Register a model builder `build(options, in_features, num_classes) -> nn.Module`;
     `options` validates the scenario's `[model]` keys besides `name` (an unknown key is
     refused) and the builder gets the validated instance. Binary tasks want one output
-    (`output_dim`). Returns the builder unchanged."""
+    (`fedsim.nets.output_dim`). Returns the builder unchanged."""
     options = strict(options, f"model {name!r}")
 
     def deco(build: Builder) -> Builder:
@@ -155,14 +156,11 @@ def example_parameters(name: str) -> tuple[int, Example] | None:
     ex = MODELS.get(name).example
     if ex is None:
         return None
+    import torch
+
     with torch.device("meta"):
         m = build_model(ModelConfig(name=name, **ex.config), ex.in_features, ex.num_classes, 0)
     return sum(p.numel() for p in m.parameters()), ex
-
-
-def output_dim(num_classes: int) -> int:
-    """Binary tasks use one logit (BCE-with-logits), multiclass one logit per class."""
-    return 1 if num_classes == 2 else num_classes
 
 
 @register_model(
@@ -172,7 +170,9 @@ def output_dim(num_classes: int) -> int:
     Example("8x8 digits", 64, 10),
 )
 def logreg(o: LinearOptions, in_features: int, num_classes: int) -> nn.Module:
-    return nn.Linear(in_features, output_dim(num_classes), bias=o.bias)
+    from fedsim.nets import mlp as layers
+
+    return layers([], o.bias, in_features, num_classes)[0]
 
 
 @register_model(
@@ -182,33 +182,9 @@ def logreg(o: LinearOptions, in_features: int, num_classes: int) -> nn.Module:
     Example("8x8 digits", 64, 10),
 )
 def mlp(o: MLPOptions, in_features: int, num_classes: int) -> nn.Module:
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in o.hidden:
-        layers += [nn.Linear(width, h, bias=o.bias), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, output_dim(num_classes), bias=o.bias))
-    return nn.Sequential(*layers)
+    from fedsim.nets import mlp as layers
 
-
-class SmallCNN(nn.Module):
-    """Two 3x3 convolutions and a linear head for square one-channel images (8x8 digits)."""
-
-    def __init__(self, side: int, num_classes: int, bias: bool) -> None:
-        super().__init__()
-        self.side = side
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=bias),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, bias=bias),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(32 * (side // 2) ** 2, output_dim(num_classes), bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.view(-1, 1, self.side, self.side)))
+    return layers(o.hidden, o.bias, in_features, num_classes)
 
 
 @register_model(
@@ -221,6 +197,8 @@ def cnn(o: LinearOptions, in_features: int, num_classes: int) -> nn.Module:
     side = math.isqrt(in_features)
     if side * side != in_features:
         raise ValueError(f"model.name: 'cnn' needs square images, got {in_features} features")
+    from fedsim.nets import SmallCNN
+
     return SmallCNN(side, num_classes, o.bias)
 
 
@@ -241,31 +219,6 @@ def images_for(model_name: str, in_features: int) -> tuple[int, int]:
         raise ValueError(f"model.name: {model_name!r} needs images: {e}") from None
 
 
-class FedAvgCNN(nn.Module):
-    """The CNN of McMahan et al. (2017): two 5x5 convolutions (32 and 64 channels), each with
-    2x2 max pooling, a 512-unit layer and the output (1,690,046 parameters for 28x28 one-
-    channel images and 62 classes, as FEMNIST; 2,156,490 for 32x32 colour and 10, CIFAR-10)."""
-
-    def __init__(self, channels: int, side: int, num_classes: int, bias: bool) -> None:
-        super().__init__()
-        self.shape = (channels, side, side)
-        self.layers = nn.Sequential(
-            nn.Conv2d(channels, 32, 5, padding=2, bias=bias),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2, bias=bias),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64 * (side // 4) ** 2, 512, bias=bias),
-            nn.ReLU(),
-            nn.Linear(512, output_dim(num_classes), bias=bias),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x.view(-1, *self.shape))
-
-
 @register_model(
     "fedavg_cnn",
     LinearOptions,
@@ -273,60 +226,9 @@ class FedAvgCNN(nn.Module):
     Example("FEMNIST, 28x28, 62 classes", 784, 62),
 )
 def fedavg_cnn(o: LinearOptions, in_features: int, num_classes: int) -> nn.Module:
+    from fedsim.nets import FedAvgCNN
+
     return FedAvgCNN(*images_for("fedavg_cnn", in_features), num_classes, o.bias)
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with GroupNorm and a shortcut (a 1x1 convolution where the shape
-    changes)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-            nn.GroupNorm(GROUPS, cout),
-            nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            nn.GroupNorm(GROUPS, cout),
-        )
-        self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(GROUPS, cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
-GROUPS = 2  # GroupNorm's groups, as Hsieh et al. (2020) used for non-IID clients
-
-
-class ResNet(nn.Module):
-    """He et al.'s CIFAR ResNet (6n+2 layers: three stages of n basic blocks at 16, 32 and 64
-    channels, global average pooling, the output) with GroupNorm in place of BatchNorm: no
-    running statistics, so DP-SGD can clip it, and the normalisation that holds up when
-    clients' data differ (Hsieh et al., 2020)."""
-
-    def __init__(self, channels: int, side: int, depth: int, num_classes: int) -> None:
-        super().__init__()
-        self.shape = (channels, side, side)
-        n = (depth - 2) // 6
-        layers: list[nn.Module] = [
-            nn.Conv2d(channels, 16, 3, 1, 1, bias=False),
-            nn.GroupNorm(GROUPS, 16),
-            nn.ReLU(),
-        ]
-        width = 16
-        for stage, out in enumerate((16, 32, 64)):
-            for block in range(n):
-                layers.append(BasicBlock(width, out, 2 if stage and not block else 1))
-                width = out
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(64, output_dim(num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.view(-1, *self.shape)))
 
 
 @register_model(
@@ -336,35 +238,9 @@ class ResNet(nn.Module):
     Example("CIFAR-10, 32x32x3, depth 20", 3072, 10),
 )
 def resnet(o: ResNetOptions, in_features: int, num_classes: int) -> nn.Module:
+    from fedsim.nets import ResNet
+
     return ResNet(*images_for("resnet", in_features), o.depth, num_classes)
-
-
-class CharLSTM(nn.Module):
-    """LEAF's Shakespeare model: character vectors, stacked LSTM layers (widths from
-    `hidden`), the output read at the last id before the padding (the next character, for
-    Shakespeare). Ids are taken mod `buckets`."""
-
-    takes_ids = True
-    vmaps = False  # torch has no vmap rule for its fused LSTM: a cohort runs client by client
-
-    def __init__(self, cfg: TextOptions, num_classes: int) -> None:
-        super().__init__()
-        self.buckets = cfg.buckets
-        self.embed = nn.Embedding(cfg.buckets, cfg.embedding)
-        widths = [cfg.embedding, *cfg.hidden]
-        self.lstms = nn.ModuleList(
-            nn.LSTM(a, b, batch_first=True) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
-        self.head = nn.Linear(widths[-1], output_dim(num_classes), bias=cfg.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x.long()
-        seq = self.embed(ids % self.buckets)
-        for lstm in self.lstms:
-            seq, _ = lstm(seq)
-        positions = torch.arange(ids.shape[-1], device=ids.device)
-        last = torch.where(ids != PAD, positions, 0).amax(-1).view(-1, 1, 1)  # the last real id
-        return self.head(seq.gather(-2, last.expand(-1, 1, seq.shape[-1])).squeeze(-2))
 
 
 @register_model(
@@ -379,29 +255,9 @@ class CharLSTM(nn.Module):
     ),
 )
 def char_lstm(o: TextOptions, in_features: int, num_classes: int) -> nn.Module:
+    from fedsim.nets import CharLSTM
+
     return CharLSTM(o, num_classes)
-
-
-class TextBoW(nn.Module):
-    """A text classifier over word ids: the mean of the words' vectors (id 0 pads and is left
-    out; ids beyond `buckets` share vectors, the hashing trick), hidden ReLU layers, the
-    output. fastText's shape, small enough to federate."""
-
-    takes_ids = True  # its inputs are token ids, not features
-
-    def __init__(self, cfg: TextOptions, num_classes: int) -> None:
-        super().__init__()
-        self.buckets = cfg.buckets
-        self.embed = nn.Embedding(cfg.buckets, cfg.embedding)
-        nn.init.uniform_(self.embed.weight, -0.5 / cfg.embedding, 0.5 / cfg.embedding)  # fastText's
-        self.head = mlp(cfg, cfg.embedding, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x.long()
-        words = (ids != PAD).unsqueeze(-1).to(self.embed.weight.dtype)
-        vectors = self.embed(ids % self.buckets) * words
-        mean = vectors.sum(-2) / words.sum(-2).clamp(min=1.0)
-        return self.head(mean)
 
 
 @register_model(
@@ -411,6 +267,8 @@ class TextBoW(nn.Module):
     Example("SST-2 (sst2_fedavg.toml: 16,384 buckets)", 64, 2, {"buckets": 16384, "hidden": []}),
 )
 def text_bow(o: TextOptions, in_features: int, num_classes: int) -> nn.Module:
+    from fedsim.nets import TextBoW
+
     return TextBoW(o, num_classes)
 
 
@@ -428,6 +286,8 @@ def vmaps(model: nn.Module) -> bool:
 def build_model(cfg: ModelConfig, in_features: int, num_classes: int, seed: int) -> nn.Module:
     """The model with parameters initialised from `seed` (global RNG left untouched), marked
     with where its float buffers live (`cfg.buffers`), which its flat vector follows."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MODELS.get(cfg.name).build(cfg.options, in_features, num_classes)
@@ -455,6 +315,8 @@ def flat_buffers(model: nn.Module) -> torch.Tensor:
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    import torch
+
     return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
@@ -483,8 +345,10 @@ def _view(tensors: list[torch.Tensor], x: torch.Tensor, what: str) -> None:
 
 
 def loss_fn(num_classes: int):
-    """Loss matching `output_dim` (mean unless `reduction="none"`): BCE-with-logits for
+    """Loss matching `fedsim.nets.output_dim` (mean unless `reduction="none"`): BCE-with-logits for
     binary, cross-entropy otherwise."""
+    from torch import nn
+
     if num_classes == 2:
         return lambda out, y, reduction="mean": nn.functional.binary_cross_entropy_with_logits(
             out.squeeze(-1), y.to(out.dtype), reduction=reduction

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.errors import RunFailed as RunFailed  # re-exported: defined light for the CLI
+
 ROW_KEYS = (
     "round",
     "train_loss",
@@ -26,12 +28,9 @@ ROW_KEYS = (
     "clients",
 )
 METRICS, SUMMARY, CONFIG, MODEL = "metrics.jsonl", "summary.json", "config.toml", "final_model.npy"
+SWEEP_RECORD = "sweep.json"  # a sweep directory's record of its points
 CLIENTS = "clients.jsonl"  # one row per client per round: the per-client breakdown
 ERROR = "error.txt"  # why a run stopped early (a client's traceback, ...)
-
-
-class RunFailed(RuntimeError):
-    """A run that stopped before its end: a client raised, or the ServerApp did."""
 
 
 def create_run_dir(path: Path, config_toml: str, overwrite: bool = False) -> Path:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported by the data and the system profiles, which need no torch
+    import torch
 
 
 def derive_seed(*keys: int) -> int:
@@ -13,6 +17,8 @@ def derive_seed(*keys: int) -> int:
 
 def torch_generator(*keys: int) -> torch.Generator:
     """A CPU generator seeded from `keys` (CPU so results do not depend on the device)."""
+    import torch
+
     return torch.Generator().manual_seed(derive_seed(*keys))
 
 

@@ -34,10 +34,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedsim.checkpoint import CHECKPOINT
 from fedsim.config import (
     Scenario,
     ScenarioError,
@@ -47,12 +45,20 @@ from fedsim.config import (
     set_key,
     with_plugins,
 )
-from fedsim.progress import SweepBar
-from fedsim.results import CONFIG, ERROR, METRICS, SUMMARY, create_run_dir, read_rows, read_summary
-from fedsim.runtime import launch
+from fedsim.results import (
+    CONFIG,
+    ERROR,
+    METRICS,
+    SUMMARY,
+    SWEEP_RECORD,
+    create_run_dir,
+    read_rows,
+    read_summary,
+)
 from fedsim.tracking import TrackingConfig, replay
 
-SWEEP_RECORD = "sweep.json"
+# torch, flwr (the runtimes, checkpoints) and the progress bar are imported where points run:
+# reading and validating a sweep file (and refusing it) loads none of them.
 
 
 class Axis(BaseModel):
@@ -190,6 +196,11 @@ def _run_one(scenario_json: str, out: Path, threads: int | None) -> str | None:
     """Run (or resume) one point; a failure is recorded and returned, not raised. `threads`:
     a worker process's share of the cores (None: in the caller's process, whose setting
     stays). The scenario comes as JSON, parsed here after its plug-ins are imported."""
+    import torch
+
+    from fedsim.checkpoint import CHECKPOINT
+    from fedsim.runtime import launch
+
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -237,6 +248,8 @@ def run_sweep(
         record["points"][str(r.point)] = r.setting
     (sweep_dir / SWEEP_RECORD).write_text(json.dumps(record, indent=1))
     pending = [r for r in runs if not (r.directory(sweep_dir) / SUMMARY).is_file()]
+    from fedsim.progress import SweepBar  # here: a sweep refused above loads no tqdm
+
     bar = SweepBar(cfg.name, len(runs), len(runs) - len(pending), quiet)
 
     def finished(run: Run, error: str | None) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, field_validator, model_validator
-from torch import Tensor
 
 from fedsim.codecs import check_codec_spec, codec, roundtrip, with_feedback
 from fedsim.method import (
@@ -28,6 +26,11 @@ from fedsim.method import (
     Upload,
     register_method,
 )
+
+# torch is imported by the steps that compute: registering the method and validating a
+# scenario (`fedsim run` refusing bad input at once) load none.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class LocalSGDParams(Params):
@@ -94,6 +97,8 @@ def local_steps(p: LocalSGDParams, n: int) -> int:
 def sgd(f: Oracle, x: Tensor, p: LocalSGDParams, rngs) -> tuple[Tensor, Tensor, Tensor]:
     """The round's local SGD steps on x ([C, d]) in place; per client: mean loss, steps,
     examples processed."""
+    import torch
+
     f.bind(x)
     steps = [local_steps(p, n) for n in f.sizes]
     total = work = torch.zeros(len(steps), dtype=torch.float64)
@@ -139,6 +144,8 @@ class LocalSGD(FederatedMethod[LocalSGDParams, ClientState, ServerState]):
         return replace(s, x=x), Downlink(x, codec=p.downlink)
 
     def client_init(self, p, down):
+        import torch
+
         return ClientState(torch.zeros_like(down.vector)) if p.error_feedback else None
 
     def client_round(self, p, down: Received, c, f, rngs):

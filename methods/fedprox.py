@@ -8,12 +8,14 @@ from the round's model x; the server aggregates as FedAvg. mu = 0 is FedAvg exac
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from fedsim.method import Upload, register_method
 
 from .fedavg import ClientState, FedAvg, FedAvgParams, compressed, local_steps
+
+# torch is imported by the steps that compute: registering the method and validating a
+# scenario (`fedsim run` refusing bad input at once) load none.
 
 
 class FedProxParams(FedAvgParams):
@@ -27,6 +29,8 @@ class FedProx(FedAvg):
     params = FedProxParams
 
     def client_round(self, p, down, c, f, rngs):
+        import torch
+
         w, x = down.vector, down.vector.clone()
         f.bind(w)
         steps = [local_steps(p, n) for n in f.sizes]

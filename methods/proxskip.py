@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator
-from torch import Tensor
 
 from fedsim.method import (
     Aggregate,
@@ -40,6 +38,12 @@ from fedsim.method import (
 )
 from fedsim.problems import client_constants
 from fedsim.seeding import derive_seed, shared_coordinates
+
+# torch is imported by the steps that compute: registering the method and validating a
+# scenario (`fedsim run` refusing bad input at once) load none.
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 COIN_STREAM, COORDINATE_STREAM = 31, 32
 
@@ -95,6 +99,8 @@ def round_length(p: float, seed: int, rnd: int) -> int:
 
 def prox(kind: str, v: Tensor, t: float) -> Tensor:
     """prox_{tR}(v) for R = 0, ||.||_1 (soft thresholding) or (1/2)||.||^2 (shrinking)."""
+    import torch
+
     if kind == "l1":
         return torch.sign(v) * torch.clamp(v.abs() - t, min=0)
     return v / (1 + t) if kind == "l2" else v
@@ -102,6 +108,8 @@ def prox(kind: str, v: Tensor, t: float) -> Tensor:
 
 def skip_operator(gen: torch.Generator, q: float, d: int, k: int) -> tuple[bool, Tensor | None]:
     """One draw of C_Omega_i: eta_i ~ Bernoulli(q) and M_i, k coordinates (None: all d)."""
+    import torch
+
     if q < 1.0 and torch.rand((), generator=gen).item() >= q:
         return False, None
     return True, (torch.randperm(d, generator=gen)[:k] if k < d else None)
@@ -124,6 +132,8 @@ class ServerState:
 def start_of_round(p: ProxSkipParams, down: Received, c: ClientState) -> Tensor:
     """Set down.vector to each x_i and return each h_i ([C, d]). c is from the last applied
     round, whose average is down.vector (every client takes part in every applied round)."""
+    import torch
+
     d = down.vector.shape[1]
     if p.comm_density < 1:  # only S was averaged: the rest of x_i is the client's own
         mine = c.x_hat.clone()
@@ -158,10 +168,14 @@ class ProxSkip(FederatedMethod[ProxSkipParams, ClientState, ServerState]):
 
     def client_init(self, p, down):
         """h = 0 and x_hat = x: h_hat + (x - x_hat) / tau is then exactly 0."""
+        import torch
+
         rounds = torch.zeros(len(down.partitions), dtype=torch.long)
         return ClientState(torch.zeros_like(down.vector), down.vector.clone(), rounds)
 
     def client_round(self, p, down, c, f, rngs):
+        import torch
+
         gamma, (n, d) = p.client_lr, down.vector.shape
         q = [float(down.config["q"][pid]) for pid in down.partitions]
         k = max(1, round(p.skip_density * d))

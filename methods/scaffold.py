@@ -11,13 +11,16 @@ c <- c + (1/N) sum_S dc, so sum_i c_i = N c after every round, with any cohort.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from fedsim.method import Downlink, FederatedMethod, Params, Supports, Upload, register_method
+
+# torch is imported by the steps that compute: registering the method and validating a
+# scenario (`fedsim run` refusing bad input at once) load none.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CONTROL, CONTROL_DELTA = "c", "dc"  # side arrays: c down, dc up
 
@@ -53,15 +56,21 @@ class Scaffold(FederatedMethod[ScaffoldParams, ClientState, ServerState]):
     supports = Supports(privacy=frozenset({"dp_sgd"}))
 
     def server_init(self, p, x0, num_clients, seed):
+        import torch
+
         return ServerState(x0, torch.zeros_like(x0), num_clients)
 
     def broadcast(self, p, s, rnd):
         return s, Downlink(s.x, extra={CONTROL: s.c})
 
     def client_init(self, p, down):
+        import torch
+
         return ClientState(torch.zeros_like(down.vector))
 
     def client_round(self, p, down, c, f, rngs):
+        import torch
+
         y, x, c_server = down.vector, down.vector.clone(), down.extra[CONTROL]
         correction = c_server - c.c
         f.bind(y)

@@ -13,15 +13,18 @@ own g * g instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from fedsim.method import Downlink, Upload, register_method
 
 from .fedavg import LocalSGD, LocalSGDParams, compressed, local_steps, sgd
+
+# torch is imported by the steps that compute: registering the method and validating a
+# scenario (`fedsim run` refusing bad input at once) load none.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 STATISTIC, PRECONDITIONER = "stat", "dhat"  # side arrays: s_i up, D_hat down
 
@@ -40,11 +43,15 @@ class ScaledParams(LocalSGDParams):
 
 def precondition(v: Tensor, kind: str, alpha: float) -> Tensor:
     """D_hat from the averaged statistic."""
+    import torch
+
     return torch.clamp(v.abs() if kind == "oasis" else v.clamp(min=0).sqrt(), min=alpha)
 
 
 def statistic(p: ScaledParams, f, x: Tensor, rngs) -> Tensor:
     """s at the round's start point, on one minibatch (full batch when batch_size is 0)."""
+    import torch
+
     (batch,) = f.batches(p.batch_size, 1, rngs)
     if p.preconditioner == "oasis":
         z = torch.stack([torch.randint(0, 2, x.shape[1:], generator=g) for g in rngs])
@@ -78,6 +85,8 @@ class ScaledLocalSGD(LocalSGD):
         return ServerState(x0)
 
     def broadcast(self, p, s, rnd):
+        import torch
+
         s, down = super().broadcast(p, s, rnd)
         if p.preconditioner == "none":
             return s, down
@@ -85,12 +94,16 @@ class ScaledLocalSGD(LocalSGD):
         return s, Downlink(down.vector, down.codec, extra={PRECONDITIONER: d})
 
     def client_init(self, p, down):
+        import torch
+
         local = p.variant == "local" and p.preconditioner != "none"
         v = torch.zeros_like(down.vector) if local else None
         e = torch.zeros_like(down.vector) if p.error_feedback else None
         return None if v is None and e is None else ClientState(v, e)
 
     def client_round(self, p, down, c, f, rngs):
+        import torch
+
         x, x0 = down.vector, down.vector.clone()
         e = None if c is None else c.e
         if p.preconditioner == "none":  # exactly Local SGD's steps

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from fedsim.codecs import roundtrip, with_feedback
 from fedsim.method import Downlink, FederatedMethod, Params, Received, Upload, register_method
+
+# torch is imported by the steps that compute: registering the method and validating a
+# scenario (`fedsim run` refusing bad input at once) load none.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 STEP_ROUND, STEP_LR, WEIGHT_DECAY = "step-round", "step-lr", "wd"
 
@@ -68,6 +71,8 @@ def apply_step(x: Tensor, w: Tensor, lr: float, weight_decay: float) -> Tensor:
 
 def vote(mean_of_signs: Tensor) -> Tensor:
     """sign(sum_i sign(g_i)): +1, -1, or 0 on a tie (the mean of +-1s is exact in float32)."""
+    import torch
+
     return torch.sign(mean_of_signs)
 
 
@@ -125,6 +130,8 @@ class ClientHeldModel(FederatedMethod):
 
     def client_init(self, p, down):
         """A new client is always sent the model (it holds none)."""
+        import torch
+
         zeros = torch.zeros_like(down.vector)
         m = zeros if getattr(p, "momentum", 0.0) else None
         e = zeros.clone() if isinstance(p, EFSignParams) else None
@@ -158,6 +165,8 @@ class SignSGD(ClientHeldModel):
     step_codec = "ternary"
 
     def client_round(self, p, down, c, f, rngs):
+        import torch
+
         loss, g, work, x = one_gradient(p, down, c, f, rngs)
         m = None
         if p.momentum:  # Signum: the momentum is what gets signed
@@ -190,6 +199,8 @@ class EFSignSGD(ClientHeldModel):
         return "scaled_sign" if p.server_memory else "fp32"
 
     def client_round(self, p, down, c, f, rngs):
+        import torch
+
         loss, g, work, x = one_gradient(p, down, c, f, rngs)
         gamma = scheduled(p.client_lr, p.schedule, down.round)
         sent, e = with_feedback(gamma * g, c.e, "scaled_sign")

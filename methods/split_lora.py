@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from huggingface_hub import try_to_load_from_cache
 from pydantic import Field
 
 from fedsim.encoders import model_path
@@ -60,6 +59,8 @@ class SplitParams(Params):
 def loadable(backbone: str) -> bool:
     """tiny-bert, a local model directory, a model in the local Hugging Face cache, or a
     packaged encoder (its weights checked here: a mismatch is a ValueError)."""
+    from huggingface_hub import try_to_load_from_cache  # here: slow to import (tqdm)
+
     backbone = model_path(backbone)
     if backbone == TINY or (Path(backbone) / "config.json").is_file():
         return True

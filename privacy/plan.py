@@ -4,14 +4,15 @@ epsilon (checked before any work starts), and the epsilon a client has spent so 
 from __future__ import annotations
 
 import warnings
-
-from flwr.app import ConfigRecord, RecordDict
+from typing import TYPE_CHECKING
 
 from fedsim.config import RESOLVERS, PrivacyConfig, Scenario, meta_model
 from fedsim.data import client_data
 
 from .accounting import calibrate, epsilon
-from .clipping import unsupported
+
+if TYPE_CHECKING:  # flwr and torch (.clipping) where used: a scenario refused at load needs none
+    from flwr.app import RecordDict
 
 SPENT = "privacy-steps"  # Context.state: noisy steps this client has taken
 
@@ -40,6 +41,8 @@ def check_clippable(scenario: Scenario) -> None:
     """DP-SGD clips per-example gradients of Linear, Conv2d and GroupNorm layers: another
     layer with parameters is refused here, before any work (the model is built on the meta
     device)."""
+    from .clipping import unsupported
+
     why = unsupported(meta_model(scenario))
     if why:
         raise ValueError(
@@ -102,6 +105,8 @@ def reported(scenario: Scenario) -> str | None:
 
 def spend(state: RecordDict, privacy: PrivacyConfig, q: float, steps: int) -> float:
     """Add this round's noisy steps to the client's count; its epsilon so far."""
+    from flwr.app import ConfigRecord
+
     total = steps + (int(state[SPENT]["steps"]) if SPENT in state else 0)
     state[SPENT] = ConfigRecord({"steps": total})
     return epsilon(privacy.accountant, privacy.noise_multiplier, q, total, privacy.delta)

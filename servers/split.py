@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from fedsim.config import Scenario
 from fedsim.data import load_dataset
 from fedsim.methods.split_lora import SplitParams
-from fedsim.models import output_dim
+from fedsim.nets import output_dim
 from fedsim.privacy.backbone import (
     BackboneSpec,
     adapter_init,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from fedsim.data.base import DATASETS, Dataset, DatasetSpec, NoOptions
 from fedsim.data.config import DataConfig
@@ -12,6 +10,9 @@ from fedsim.data.config import DataConfig
 
 def load(options: NoOptions, cfg: DataConfig, seed: int) -> Dataset:
     """Scale pixels (0..16) to [0, 1] and hold out a stratified `test_fraction`."""
+    from sklearn.datasets import load_digits  # here: a scenario that only validates needs none
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(
         (x / 16.0).astype(np.float32),

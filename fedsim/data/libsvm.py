@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
-from sklearn.model_selection import train_test_split
 
 from fedsim.data.base import DATASETS, Dataset, DatasetSpec, open_text
 from fedsim.data.config import DataConfig
@@ -64,6 +63,8 @@ def load(options: LibsvmOptions, cfg: DataConfig, seed: int) -> Dataset:
     """Read the file(s); labels are encoded jointly so train and test agree."""
     x_train, raw_train = _read_raw(options.path, options.n_features)
     if options.test_path is None:
+        from sklearn.model_selection import train_test_split  # here: slow to import
+
         x_train, x_test, raw_train, raw_test = train_test_split(
             x_train, raw_train, test_size=cfg.test_fraction, random_state=seed
         )

@@ -16,7 +16,6 @@ from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
-from scipy.special import expit
 
 from fedsim.data.base import DATASETS, Dataset, DatasetSpec
 from fedsim.data.config import DataConfig
@@ -113,6 +112,8 @@ def _signed_rows(
 
 def _loss_grad(clients: list[tuple[np.ndarray, float]], x: np.ndarray) -> tuple[float, np.ndarray]:
     """F(x) = (1/n) sum_i f_i(x) and its gradient."""
+    from scipy.special import expit  # here: slow to import, and a scenario's checks need none
+
     loss, grad = 0.0, np.zeros_like(x)
     for c, lam in clients:
         margin = c @ x
@@ -123,6 +124,8 @@ def _loss_grad(clients: list[tuple[np.ndarray, float]], x: np.ndarray) -> tuple[
 
 def _hessian(clients: list[tuple[np.ndarray, float]], x: np.ndarray) -> np.ndarray:
     """Exact Hessian of F at x."""
+    from scipy.special import expit
+
     hess = np.zeros((x.size, x.size))
     for c, lam in clients:
         p = expit(c @ x)
