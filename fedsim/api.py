@@ -88,7 +88,8 @@ class RunResult:
         return pd.DataFrame(read_rows(self.run_dir / CLIENTS))
 
     def model(self) -> torch.Tensor:
-        """The final model as one flat float32 vector (split learning: the adapters)."""
+        """The final model as one flat float32 vector (split learning: the head, then each
+        adapter set)."""
         import torch
 
         return torch.from_numpy(np.load(self.run_dir / MODEL))
