@@ -240,11 +240,24 @@ class LabelParty:
                 correct += float((self.predict(logits) == yb).sum())
         return {"eval_loss": loss / len(y), "eval_accuracy": correct / len(y)}
 
+    def weights(self) -> list[Tensor]:
+        """The head's weights, then each adapter set's: the order of the run's final model."""
+        return list(self.head.parameters()) + [v for th in self.thetas for v in th.values()]
+
     def flat(self) -> np.ndarray:
         """Head and adapter weights as one vector (the run's final model)."""
-        parts = [p.detach().flatten() for p in self.head.parameters()]
-        parts += [v.detach().flatten() for th in self.thetas for v in th.values()]
-        return torch.cat(parts).numpy()
+        return torch.cat([w.detach().flatten() for w in self.weights()]).numpy()
+
+    def load(self, flat: np.ndarray) -> None:
+        """Take the weights of a final model that `flat` wrote."""
+        weights = self.weights()
+        if len(flat) != sum(w.numel() for w in weights):
+            raise ValueError("the final model does not match this scenario's head and adapters")
+        with torch.no_grad():
+            at = 0
+            for w in weights:
+                w.copy_(torch.from_numpy(flat[at : at + w.numel()]).view_as(w))
+                at += w.numel()
 
 
 def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool = False) -> None:
@@ -253,9 +266,7 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
     p: SplitParams = scenario.algorithm
     ds = load_dataset(scenario.data, scenario.seed)
     vocab = ds.meta["vocab"]
-    spec = BackboneSpec(
-        p.backbone, len(words(vocab)), scenario.seed, p.adapters, p.rank, p.lora_alpha
-    )
+    spec = backbone_spec(p, vocab, scenario.seed)
     x_train, x_test = encode_text(spec, vocab, ds.x_train, ds.x_test)
     y_train, y_test = torch.from_numpy(ds.y_train), torch.from_numpy(ds.y_test)
     trained = y_train  # what the label party trains on: the labels, or them randomized
@@ -305,6 +316,11 @@ def run_split(grid: Grid, scenario: Scenario, out_dir: Path | str, resume: bool 
         writer.rows, scenario=scenario.name, runtime=scenario.runtime, method=p.method, **worst
     )
     writer.finish(summary, party.flat())
+
+
+def backbone_spec(p: SplitParams, vocab: list[str], seed: int) -> BackboneSpec:
+    """The backbone a split run's hosts load, with its adapter slots."""
+    return BackboneSpec(p.backbone, len(words(vocab)), seed, p.adapters, p.rank, p.lora_alpha)
 
 
 def batch_order(n: int, batch_size: int, seed: int):

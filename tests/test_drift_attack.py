@@ -15,12 +15,12 @@ from sklearn.metrics import roc_auc_score
 
 import fedsim
 from fedsim.data import load_dataset
-from fedsim.privacy.backbone import BackboneSpec, encode_text, words
+from fedsim.privacy.backbone import encode_text
 from fedsim.registry import load_ref
 from fedsim.results import read_summary
 from fedsim.runtime.inprocess import InProcessGrid
 from fedsim.servers.host_views import FLOOR, HELDOUT, HostViews
-from fedsim.servers.split import run_split
+from fedsim.servers.split import backbone_spec, run_split
 
 from .conftest import REPO
 from .test_split_learning import scenario
@@ -81,7 +81,7 @@ def test_seen_unseen_reloads_a_run_and_reads_the_task_on_training_inputs_it_neve
     m = script.measure(tmp_path / "run", 400)
     assert m["accuracy"] == pytest.approx(m["run_accuracy"], abs=1e-6)
     ds = load_dataset(s.data, s.seed)
-    spec = BackboneSpec("tiny-bert", len(words(ds.meta["vocab"])), s.seed, 1, 4, 8)
+    spec = backbone_spec(s.algorithm, ds.meta["vocab"], s.seed)
     (x,) = encode_text(spec, ds.meta["vocab"], ds.x_train)
     seen = script.seen_indices(len(ds.y_train), s.algorithm.batch_size, s.seed, s.rounds)
     assert set(rows({k: v[seen] for k, v in x.items()})) == sent

@@ -21,10 +21,10 @@ import torch
 from fedsim.config import load_scenario
 from fedsim.data import load_dataset
 from fedsim.privacy import attacks
-from fedsim.privacy.backbone import BackboneSpec, encode_text, trimmed, words
+from fedsim.privacy.backbone import encode_text, trimmed
 from fedsim.privacy.split import BackboneHost
 from fedsim.results import read_summary
-from fedsim.servers.split import LabelParty, batch_order
+from fedsim.servers.split import LabelParty, backbone_spec, batch_order
 
 CHUNK = 512  # the evaluation's chunk: the same trimmed batches give the same activations
 
@@ -61,24 +61,17 @@ def measure(run: Path, inputs: int) -> dict:
     p, seed = scenario.algorithm, scenario.seed
     ds = load_dataset(scenario.data, seed)
     vocab = ds.meta["vocab"]
-    spec = BackboneSpec(p.backbone, len(words(vocab)), seed, p.adapters, p.rank, p.lora_alpha)
+    spec = backbone_spec(p, vocab, seed)
     party = LabelParty(p, spec, ds.num_classes, seed)
-    tensors = list(party.head.parameters()) + [v for th in party.thetas for v in th.values()]
-    flat, at = torch.from_numpy(np.load(run / "final_model.npy")), 0
-    with torch.no_grad():
-        for t in tensors:
-            t.copy_(flat[at : at + t.numel()].view_as(t))
-            at += t.numel()
-    assert at == len(flat), "final_model.npy does not match the scenario's model"
+    party.load(np.load(run / "final_model.npy"))
 
     seen = seen_indices(len(ds.y_train), p.batch_size, seed, scenario.rounds)
     unseen = np.setdiff1d(np.arange(len(ds.y_train)), seen)
     rng = np.random.default_rng(0)
     k = min(inputs, len(seen), len(unseen))
     picked = {"seen": rng.choice(seen, k, replace=False), "unseen": rng.choice(unseen, k, False)}
-    x_picked = encode_text(spec, vocab, *(ds.x_train[i] for i in picked.values()))
-    (x_test,) = encode_text(spec, vocab, ds.x_test)
-    inputs_of = dict(zip(picked, x_picked, strict=True)) | {"test": x_test}
+    x = encode_text(spec, vocab, *(ds.x_train[i] for i in picked.values()), ds.x_test)
+    inputs_of = dict(zip([*picked, "test"], x, strict=True))
     y_of = {name: ds.y_train[i] for name, i in picked.items()} | {"test": ds.y_test}
 
     host = BackboneHost(spec)
@@ -87,6 +80,7 @@ def measure(run: Path, inputs: int) -> dict:
         for k, v in party.thetas[0].items()
     }
     frozen = {name: forward(host, x, "a0", zeroed) for name, x in inputs_of.items()}
+    floor = attacks.leak(attacks.drift_attack(frozen["seen"].numpy()), y_of["seen"])
     sets, hs = [], []
     for i, theta in enumerate(party.thetas):
         theta = {k: v.detach() for k, v in theta.items()}
@@ -96,7 +90,6 @@ def measure(run: Path, inputs: int) -> dict:
             name: attacks.leak(attacks.drift_attack((h[name] - frozen[name]).numpy()), y_of[name])
             for name in inputs_of
         }
-        floor = attacks.leak(attacks.drift_attack(frozen["seen"].numpy()), y_of["seen"])
         se = np.hypot(auc_se(drift["seen"], y_of["seen"]), auc_se(drift["unseen"], y_of["unseen"]))
         sets.append(drift | {"floor": floor, "gap_se": float(se)})
     with torch.no_grad():
